@@ -298,3 +298,252 @@ def models_pull(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+# --------------------------------------------------------------------------------------- eval
+
+
+@eval_app.command("retrieval")
+@handle_errors
+def eval_retrieval(
+    beir: Annotated[
+        Path | None, typer.Option("--beir", help="BEIR-layout folder (corpus, queries, qrels).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="qrels split of the BEIR folder.")] = "test",
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", help="Site eval set (JSONL) instead of BEIR.")
+    ] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="Site of --dataset (default: the rows' site).")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="vector, fts or hybrid (default: all three).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Documents retrieved per query.")] = 20,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Also evaluate with the cross-encoder.")] = False,
+    reranker: Annotated[
+        str | None, typer.Option("--reranker", help="Reranker model id or local path.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N queries.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write report.json/.md/.png here.")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """recall@5, recall@20, MRR@5, nDCG@10 per retrieval mode, with and without reranking."""
+    from rag_app.errors import InputError
+    from rag_app.evaluation import runs
+
+    if (beir is None) == (dataset is None):
+        raise InputError("pass exactly one of --beir DIR or --dataset FILE")
+    settings = load_settings(config, data_dir=data_dir)
+    if reranker:
+        settings = settings.model_copy(update={"reranker_model": reranker, "reranker_revision": None})
+    result = runs.retrieval_eval(
+        settings,
+        beir=beir,
+        split=split,
+        dataset=dataset,
+        site=site,
+        mode=mode,
+        k=k,
+        rerank=rerank,
+        limit=limit,
+        report_dir=report_dir,
+        progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        _print_json(result.json_payload())
+        return
+    console.print(result.table(), highlight=False)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    if result.report_files:
+        console.print("report: " + ", ".join(str(p) for p in result.report_files.values()), highlight=False)
+
+
+# --------------------------------------------------------------------------------------- demo
+
+
+@app.command()
+@handle_errors
+def demo(
+    data: Annotated[Path, typer.Option("--data", help="Sample data folder.")] = Path("data"),
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Build the sample indexes from data/ and answer one question per site (no servers needed)."""
+    from rag_app.demo import answer_demo_questions, build_sample_indexes, demo_settings
+    from rag_app.rerank import get_reranker
+
+    settings = demo_settings(load_settings(config, data_dir=data_dir))
+    console.rule("indexing sample data")
+    for report in build_sample_indexes(settings, data, progress=sys.stderr.isatty()):
+        console.print(report.summary(), highlight=False)
+    reranker = get_reranker(settings)
+    console.rule("models")
+    console.print(f"reranker: {reranker.describe()}", highlight=False, soft_wrap=True)
+    if not reranker.available:
+        console.print(
+            "[yellow]reranker weights are not on this machine: results keep the hybrid retrieval "
+            "order (reranked: false). Fetch them with `rag-app models pull`.[/yellow]"
+        )
+    for question, out in answer_demo_questions(settings):
+        console.rule(f"{question.site} / {question.program}")
+        _print_answer(question.question, out, skip_notes=("reranker unavailable",))
+
+
+def _print_answer(question: str, out: Any, skip_notes: tuple[str, ...] = ()) -> None:
+    console.print(f"[bold]Q:[/bold] {question}", highlight=False)
+    console.print(f"[bold]A[/bold] ({out.mode}): {out.answer}", highlight=False, soft_wrap=True)
+    for c in out.citations:
+        console.print(f"  [{c.index}] {c.title} ({c.doc_id})", highlight=False, markup=False)
+    for note in out.notes:
+        if not note.startswith(skip_notes):
+            console.print(f"  [yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------- ask
+
+
+@app.command()
+@handle_errors
+def ask(
+    question: Annotated[str, typer.Argument(help="The question (or the querent's question for readings).")],
+    site: SiteOpt,
+    program: Annotated[str, typer.Option("--program", help="e.g. chat_bridge, resources_search, tickers.")],
+    history: Annotated[
+        Path | None,
+        typer.Option("--history", help="JSON or JSONL file of {role, content} chat turns (chat_bridge)."),
+    ] = None,
+    card: Annotated[
+        list[str] | None, typer.Option("--card", help="Tarot card (reading; repeatable).")
+    ] = None,
+    transit: Annotated[
+        list[str] | None, typer.Option("--transit", help="Transit (reading; repeatable).")
+    ] = None,
+    date_from: Annotated[str | None, typer.Option("--date-from", help="YYYY-MM-DD")] = None,
+    date_to: Annotated[str | None, typer.Option("--date-to", help="YYYY-MM-DD")] = None,
+    ticker: Annotated[
+        list[str] | None, typer.Option("--ticker", help="Filter by ticker (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Answer a question with a site program: the answer, its citations and the passages."""
+    from rag_app.answering import ask as run_ask
+
+    settings = load_settings(config, data_dir=data_dir)
+    extra: dict[str, Any] = {}
+    if card:
+        extra["cards"] = card
+    if transit:
+        extra["transits"] = transit
+    filters = _filters(date_from, date_to, ticker, None)
+    if filters:
+        extra["filters"] = filters
+    out = run_ask(settings, site, program, question, history=_read_history(history), **extra)
+    if as_json:
+        _print_json(out.model_dump(mode="json"))
+        return
+    _print_answer(question, out)
+    console.rule("passages")
+    for i, p in enumerate(out.passages, start=1):
+        score = f"rerank {p.rerank_score:.3f}" if p.rerank_score is not None else f"retrieval {p.score:.4f}"
+        console.print(f"[{i}] {p.title} ({p.doc_id}; {score})", highlight=False, markup=False)
+        console.print(f"    {p.text[:300]}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _read_history(path: Path | None) -> list[dict[str, str]] | None:
+    from rag_app.errors import InputError
+    from rag_app.loaders import read_text
+
+    if path is None:
+        return None
+    if not path.is_file():
+        raise InputError(f"history file not found: {path}")
+    text = read_text(path).strip()
+    try:
+        turns = (
+            json.loads(text) if text.startswith("[") else [json.loads(ln) for ln in text.splitlines() if ln]
+        )
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not JSON or JSONL chat turns ({exc.msg} at line {exc.lineno})") from None
+    if not all(isinstance(t, dict) and {"role", "content"} <= set(t) for t in turns):
+        raise InputError(f"{path}: every turn needs 'role' and 'content'")
+    return turns
+
+
+# -------------------------------------------------------------------------------- serve / keys
+
+keys_app = typer.Typer(
+    help="API keys for the HTTP server (stored hashed in the data dir).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8080).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the HTTP API with uvicorn; models load and warm before the server reports ready."""
+    from rag_app.server.run import serve as run_server
+
+    run_server(load_settings(config, data_dir=data_dir), host, port, workers, log_level=log_level)
+
+
+@keys_app.command("add")
+@handle_errors
+def keys_add(
+    name: Annotated[str, typer.Option("--name", help="A name for the key (e.g. the calling site).")],
+    sites: Annotated[str, typer.Option("--sites", help="Comma-separated sites the key may use, or '*'.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from rag_app.server.auth import add_key
+
+    key = add_key(
+        load_settings(config, data_dir=data_dir), name, [s.strip() for s in sites.split(",") if s.strip()]
+    )
+    err_console.print(f"created key {name!r}; it is shown once, store it now:")
+    sys.stdout.write(key + "\n")
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Key names, their sites and creation dates (never the keys)."""
+    from rag_app.server.auth import list_keys
+
+    keys = list_keys(load_settings(config, data_dir=data_dir))
+    if as_json:
+        _print_json([{"name": k.name, "sites": list(k.sites), "created_at": k.created_at} for k in keys])
+        return
+    for k in keys:
+        console.print(f"{k.name}\tsites={','.join(k.sites)}\tcreated={k.created_at}", highlight=False)
+    if not keys:
+        console.print("no keys: the server runs without auth and binds to loopback only")
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="Name of the key to revoke.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke a key by name; requests with it get 401 from then on."""
+    from rag_app.server.auth import revoke_key
+
+    revoke_key(load_settings(config, data_dir=data_dir), name)
+    console.print(f"revoked {name!r}")

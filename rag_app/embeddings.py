@@ -113,6 +113,7 @@ class SentenceTransformerEmbedder(_HFTokenizerSpans):
         self.query_prefix, self.doc_prefix = task_prefixes(model)
         self._dimension = int(self.model.get_embedding_dimension())
         self._lock = threading.Lock()  # tokenizers are not safe to share across threads
+        self._encode(["warm up"])  # first call pays kernel set-up (bf16: ~0.5 s); not the first user
 
     @property
     def dimension(self) -> int:

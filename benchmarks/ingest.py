@@ -1,0 +1,94 @@
+"""Ingest throughput with the bundled MiniLM: load -> chunk -> embed -> upsert into a temp data dir.
+
+Runs ``rag_app.ingest.ingest_paths`` (site ``builddaily``, collection ``resources``) twice on a real
+corpus: the first run embeds and writes every chunk (reported as chunks/s, end to end, index refresh
+included), the second is the idempotent re-ingest (every document unchanged, nothing to embed). The
+model is loaded before the clock starts, so chunks/s is steady-state throughput, not model start-up.
+
+    python benchmarks/ingest.py                       # fastapi_docs corpus, precision auto (bf16 here)
+    python benchmarks/ingest.py --precision float32 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+try:
+    from benchmarks._common import DATA_DIR, log, machine_line, temp_dir
+except ImportError:  # run as a script: python benchmarks/ingest.py
+    from _common import DATA_DIR, log, machine_line, temp_dir  # type: ignore[no-redef]
+
+from rag_app.embeddings import get_embedder
+from rag_app.ingest import ingest_paths
+from rag_app.settings import Settings
+
+SITE, COLLECTION = "builddaily", "resources"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--path", type=Path, default=DATA_DIR / "fastapi_docs" / "corpus.jsonl")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help="embed batch size (default: settings)")
+    p.add_argument("--workdir", default="/tmp/rag_bench")
+    p.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    p.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    args = p.parse_args()
+
+    machine = machine_line()
+    log(f"machine: {machine}")
+    with temp_dir(args.workdir, f"ingest_{args.precision}", keep=args.keep) as data_dir:
+        overrides = {"data_dir": data_dir, "embedder_precision": args.precision}
+        if args.batch_size:
+            overrides["embed_batch_size"] = args.batch_size
+        settings = Settings(**overrides)
+        t0 = time.perf_counter()
+        embedder = get_embedder(settings)  # cached per settings: ingest_paths reuses this instance
+        load_s = time.perf_counter() - t0
+        log(f"model {embedder.model_id} loaded in {load_s:.1f}s, precision {embedder.precision}")
+
+        t0 = time.perf_counter()
+        first = ingest_paths(settings, SITE, COLLECTION, [args.path], progress=False)
+        first_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        second = ingest_paths(settings, SITE, COLLECTION, [args.path], progress=False)
+        second_s = time.perf_counter() - t0
+
+    docs = first.added + first.updated + first.unchanged
+    result = {
+        "corpus": str(args.path),
+        "precision": embedder.precision,
+        "embed_batch_size": settings.embed_batch_size,
+        "docs": docs,
+        "chunks": first.chunks_written,
+        "seconds": round(first_s, 2),
+        "chunks_per_s": round(first.chunks_written / first_s, 1),
+        "docs_per_s": round(docs / first_s, 1),
+        "reingest_s": round(second_s, 2),
+        "reingest_chunks_written": second.chunks_written,
+        "reingest_unchanged": second.unchanged,
+        "model_load_s": round(load_s, 1),
+        "indexes": first.indexes,
+        "machine": machine,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"corpus     {result['corpus']}")
+    print(f"machine    {machine}")
+    print(f"model      {embedder.model_id} ({result['precision']}, batch {result['embed_batch_size']})")
+    print(f"docs       {docs}")
+    print(f"chunks     {result['chunks']}")
+    print(f"seconds    {result['seconds']:.1f}  (load+chunk+embed+write+index, model preloaded)")
+    print(f"chunks/s   {result['chunks_per_s']:.1f}")
+    print(
+        f"re-ingest  {result['reingest_s']:.2f}s ({second.unchanged} unchanged, "
+        f"{second.chunks_written} chunks written)"
+    )
+
+
+if __name__ == "__main__":
+    main()

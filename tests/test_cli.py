@@ -1,0 +1,159 @@
+"""The CLI end to end on a temp data dir: ingest, search (single and batch), stats, doctor, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rag_app.cli import app
+
+runner = CliRunner()
+CATALYSTS = (
+    "id,title,text,date,tickers,tags,shape\n"
+    'c1,NVDA beat,"Nvidia beat estimates, gapped up, then faded.",2024-02-21,NVDA,earnings,gap-up-fade\n'
+    'c2,AMD guide,"AMD raised data-center guidance and drifted higher.",2024-05-01,AMD,guidance,drift\n'
+)
+
+
+@pytest.fixture
+def indexed(tmp_path: Path) -> Path:
+    data_dir = tmp_path / "rag"
+    src = tmp_path / "catalysts.csv"
+    src.write_text(CATALYSTS)
+    result = runner.invoke(
+        app,
+        ["ingest", "--site", "paiddaily", "--collection", "catalysts", str(src), "--data-dir", str(data_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 added, 0 updated, 0 unchanged, 0 removed" in result.output
+    return data_dir
+
+
+def test_search_json_and_batch(indexed: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--site",
+            "paiddaily",
+            "--collection",
+            "catalysts",
+            "--json",
+            "--data-dir",
+            str(indexed),
+            "--ticker",
+            "AMD",
+            "guidance raised",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "hybrid" and [p["doc_id"] for p in payload["passages"]] == ["c2"]
+    assert set(payload["passages"][0]) >= {"id", "title", "text", "score", "metadata"}
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"query": "Nvidia faded"}\n{"query": "AMD guidance"}\n')
+    batch = runner.invoke(
+        app,
+        [
+            "search",
+            "--site",
+            "paiddaily",
+            "--collection",
+            "catalysts",
+            "--queries",
+            str(queries),
+            "--json",
+            "--k",
+            "1",
+            "--data-dir",
+            str(indexed),
+        ],
+    )
+    assert batch.exit_code == 0, batch.output
+    lines = [json.loads(line) for line in batch.stdout.splitlines()]
+    assert [(x["query"], x["passages"][0]["doc_id"]) for x in lines] == [
+        ("Nvidia faded", "c1"),
+        ("AMD guidance", "c2"),
+    ]
+
+
+def test_stats_and_doctor(indexed: Path) -> None:
+    stats = runner.invoke(app, ["stats", "--json", "--data-dir", str(indexed)])
+    assert stats.exit_code == 0
+    [info] = json.loads(stats.stdout)
+    assert (info["site"], info["rows"], info["documents"], info["dimension"]) == ("paiddaily", 2, 2, 384)
+    doctor = runner.invoke(app, ["doctor", "--json", "--data-dir", str(indexed)])
+    checks = {c["component"]: c for c in json.loads(doctor.stdout)}
+    assert checks["bundled MiniLM"]["status"] == "ok"
+    assert checks["reranker (in use)"]["status"] == "missing"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["search", "--site", "nope", "q"], 2, "unknown site 'nope'"),
+        (["search", "--site", "paiddaily", "   "], 2, "query is empty"),
+        (["search", "--site", "paiddaily", "x" * 9000], 2, "over the limit of 8000"),
+        (["search", "--site", "paiddaily", "--mode", "fuzzy", "q"], 2, "unknown search mode 'fuzzy'"),
+        (["search", "--site", "paiddaily", "--collection", "news", "q"], 2, "unknown collection 'news'"),
+        (["ingest", "--site", "paiddaily", "--collection", "tickers", "/no/such/path"], 3, "no such file"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(
+    indexed: Path, args: list[str], code: int, message: str
+) -> None:
+    result = runner.invoke(app, [*args, "--data-dir", str(indexed)])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_malformed_csv_keeps_index_and_skip_mode(indexed: Path, tmp_path: Path) -> None:
+    (tmp_path / "v2").mkdir()
+    bad = tmp_path / "v2" / "catalysts.csv"  # same name: the source path is part of a document
+    bad.write_text(CATALYSTS + "c3,broken row\n")
+    result = runner.invoke(
+        app,
+        ["ingest", "--site", "paiddaily", "--collection", "catalysts", str(bad), "--data-dir", str(indexed)],
+    )
+    assert result.exit_code == 3 and "v2/catalysts.csv:4: expected 7 columns, found 2" in result.output
+    skipped = runner.invoke(
+        app,
+        [
+            "ingest",
+            "--site",
+            "paiddaily",
+            "--collection",
+            "catalysts",
+            str(bad),
+            "--on-error",
+            "skip",
+            "--data-dir",
+            str(indexed),
+        ],
+    )
+    assert skipped.exit_code == 0 and "1 bad records skipped" in skipped.output
+    assert "0 added, 2 updated, 0 unchanged" in skipped.output  # the source path changed
+
+
+def test_console_script_help_for_every_command() -> None:
+    exe = Path(sys.executable).with_name("rag-app")
+    for cmd in (
+        ["--help"],
+        ["ingest", "--help"],
+        ["search", "--help"],
+        ["eval", "retrieval", "--help"],
+        ["models", "pull", "--help"],
+        ["doctor", "--help"],
+        ["stats", "--help"],
+        ["demo", "--help"],
+    ):
+        out = subprocess.run([str(exe), *cmd], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert "Usage" in out.stdout
