@@ -73,6 +73,7 @@ def main() -> None:
         "model_load_s": round(load_s, 1),
         "indexes": first.indexes,
         "machine": machine,
+        "machine_end": machine_line(),
     }
     if args.json:
         print(json.dumps(result))

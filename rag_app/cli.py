@@ -547,3 +547,12 @@ def keys_revoke(
 
     revoke_key(load_settings(config, data_dir=data_dir), name)
     console.print(f"revoked {name!r}")
+
+
+def _register_optimize() -> None:
+    from rag_app.cli_optimize import register
+
+    register(app, eval_app)
+
+
+_register_optimize()

@@ -26,21 +26,34 @@ class DemoQuestion:
 
 DEMO_QUESTIONS = [
     DemoQuestion("builddaily", "chat_bridge", "How much does Sage Daily cost per month?"),
-    DemoQuestion("paiddaily", "tickers", "Which semiconductor tickers have a strong pre-earnings setup?",
-                 {"sector": "Information Technology"}),
-    DemoQuestion("sagedaily", "reading", "What does this mean for my career this year?",
-                 {"cards": ["The Tower"], "transits": ["Saturn return"]}),
+    DemoQuestion(
+        "paiddaily",
+        "tickers",
+        "Which semiconductor tickers have a strong pre-earnings setup?",
+        {"sector": "Information Technology"},
+    ),
+    DemoQuestion(
+        "sagedaily",
+        "reading",
+        "What does this mean for my career this year?",
+        {"cards": ["The Tower"], "transits": ["Saturn return"]},
+    ),
 ]
 
 
 def sample_collections(settings: Settings, data_root: Path) -> list[tuple[str, str, Path]]:
     """(site, collection, folder) for every ``data/<site>/<collection>/`` that settings know."""
-    return [(site, collection, data_root / site / collection)
-            for site, collections in settings.sites.items() for collection in collections
-            if (data_root / site / collection).is_dir()]
+    return [
+        (site, collection, data_root / site / collection)
+        for site, collections in settings.sites.items()
+        for collection in collections
+        if (data_root / site / collection).is_dir()
+    ]
 
 
-def build_sample_indexes(settings: Settings, data_root: Path, *, progress: bool = False) -> Iterator[IngestReport]:
+def build_sample_indexes(
+    settings: Settings, data_root: Path, *, progress: bool = False
+) -> Iterator[IngestReport]:
     for site, collection, folder in sample_collections(settings, data_root):
         yield ingest_paths(settings, site, collection, [folder], progress=progress)
 

@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
-import functools
+import platform
+from functools import lru_cache
 from pathlib import Path
 
-_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
-
-@functools.cache
+@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where the file does not exist)."""
+    """CPU feature flags from /proc/cpuinfo (Linux x86 ``flags``, Arm ``Features``); empty elsewhere."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return frozenset()
+    flags: set[str] = set()
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip().lower() in {"flags", "features"}:
+            flags.update(value.split())
+    return frozenset(flags)
 
 
-@functools.cache
+@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """True where the CPU has bf16 matrix units (AVX512-BF16 or AMX): bf16 runs ~3x fp32 there."""
-    if cpu_flags() & _BF16_FLAGS:
-        return True
-    try:
-        import torch
+    """True where the CPU has native bf16 dot products (AVX512_BF16, AMX-BF16 or Arm BF16): ~3x fp32.
 
-        return "BF16" in torch.backends.cpu.get_cpu_capability().upper()
-    except Exception:  # pragma: no cover - torch always importable here
-        return False
+    ``torch.backends.cpu.get_cpu_capability()`` reports ``AMX`` on Sapphire Rapids and later, but only
+    ``AVX512`` on Zen 4 even though Zen 4 has AVX512_BF16, so the cpuinfo flags are checked too.
+    """
+    import torch
+
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    flags = cpu_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        return True
+    return platform.machine().lower() in {"aarch64", "arm64"} and "bf16" in flags
 
 
 def cuda_available() -> bool:
-    try:
-        import torch
+    import torch
 
-        return bool(torch.cuda.is_available())
-    except Exception:  # pragma: no cover
-        return False
+    return bool(torch.cuda.is_available())

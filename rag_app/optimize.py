@@ -26,6 +26,9 @@ would only be dead weight in the saved state. Random search, MIPROv2 and GEPA us
 validation set (as DSPy's tutorials do), so the "after" dev score is optimistic: measure a held-out
 file with ``rag-app eval answers``.
 
+Optimization starts from the program as its code defines it: a saved state is not loaded into the
+student, so "before" is the code's zero-shot program and a rerun does not compound earlier runs.
+
 The LM is the program LM from settings (:func:`rag_app.answering.build_lm`; tests pass one), set with
 ``dspy.context`` for the whole run; without one configured and reachable the run stops with an error
 naming ``RAG_LM_MODEL``. The optimized program is saved with ``program.save`` (JSON) to
@@ -35,21 +38,25 @@ score is strictly better is not overwritten without ``force``.
 
 Resuming. DSPy's BootstrapFewShot, random search and MIPROv2 runs are not resumable: an interrupted
 compile starts over. GEPA is: its ``log_dir`` (``<state-dir>/<site>/.gepa-<program>-<key>``) holds its
-state and a rerun continues from it. Around the compile, every stage is checkpointed in
-``<state-dir>/<site>/.<program>.optimize.jsonl``: the "before" evaluation (keyed by the program source,
-dev set, LM and the settings that change answers; reused by any later run with the same key, whatever
-the optimizer), the compiled program (a pending state file) and the "after" evaluation (keyed also by
-optimizer, budget and train set). A rerun skips the stages whose checkpoint matches; a completed save
-clears the compiled/after checkpoints, a refused one keeps them so that ``--force`` does not optimize
-again.
+state and a rerun continues from it (the folder is removed once the state is saved). Around the
+compile, every stage is checkpointed in ``<state-dir>/<site>/.<program>.optimize.jsonl``: the "before"
+evaluation (keyed by the program source, dev set, LM and the settings that change answers; reused by
+any later run with the same key, whatever the optimizer), the compiled program (a pending state file)
+and the "after" evaluation (keyed also by optimizer, budget and train set). A rerun skips the stages
+whose checkpoint matches; a completed save clears the compiled/after checkpoints, a refused one keeps
+them so that ``--force`` does not optimize again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import math
+import re
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -230,7 +237,7 @@ def require_lm(settings: Settings) -> Any:
     if reason:
         raise ServiceUnavailableError(
             f"optimizing a program needs a reachable LM (RAG_LM_MODEL={settings.lm_model}): "
-            f"{reason.removesuffix('; extractive answer')}"
+            f"{re.sub(r'[:;] extractive answer$', '', reason)}"
         )
     return build_lm(settings)
 
@@ -389,6 +396,12 @@ def make_optimizer(
         config = {"class": "BootstrapFewShotWithRandomSearch", "num_candidate_programs": candidates}
         return optimizer, {"valset": "dev"}, config
     if name == "mipro":
+        try:
+            import optuna  # noqa: F401  (MIPROv2's search; imported late by DSPy, so check up front)
+        except ImportError:
+            raise InputError(
+                "--optimizer mipro needs the optuna package (MIPROv2's Bayesian search): pip install optuna"
+            ) from None
         optimizer = dspy.MIPROv2(
             metric=answer_metric,
             prompt_model=lm,
@@ -536,8 +549,15 @@ def optimize_program(
         "settings": _settings_fingerprint(settings, site),
     }
     before_key = _sha(base)
-    run_key = _sha({**base, "optimizer": optimizer, "budget": budget, "train": train_hash,
-                    "train_rows": [e.row_id for e in trainset]})
+    run_key = _sha(
+        {
+            **base,
+            "optimizer": optimizer,
+            "budget": budget,
+            "train": train_hash,
+            "train_rows": [e.row_id for e in trainset],
+        }
+    )
     checkpoint = _Checkpoint(target.parent / f".{program}.optimize.jsonl")
     if not resume:
         checkpoint.drop(before_key, ["before"])
@@ -546,6 +566,11 @@ def optimize_program(
     notes: list[str] = []
 
     student = _fresh_program(cls, settings)
+    gepa_dir = target.parent / f".gepa-{program}-{run_key[:12]}"
+    with contextlib.redirect_stdout(sys.stderr):  # some optimizers print from their constructor
+        opt, compile_kwargs, opt_config = make_optimizer(
+            optimizer, budget, lm, num_threads=num_threads, log_dir=gepa_dir, n_dev=len(devset)
+        )
 
     # 1. before
     record = checkpoint.find("before", before_key)
@@ -562,14 +587,6 @@ def optimize_program(
     # 2. compile
     pending = target.parent / f".{program}.{run_key[:12]}.pending.json"
     record = checkpoint.find("compiled", run_key)
-    opt, compile_kwargs, opt_config = make_optimizer(
-        optimizer,
-        budget,
-        lm,
-        num_threads=num_threads,
-        log_dir=target.parent / f".gepa-{program}-{run_key[:12]}",
-        n_dev=len(devset),
-    )
     if record is not None and pending.is_file():
         optimized = student.deepcopy()
         optimized.load(str(pending))
@@ -579,7 +596,8 @@ def optimize_program(
         say(f"optimizing with {opt_config['class']} ({budget}) on {len(trainset)} train row(s)")
         if compile_kwargs.get("valset") == "dev":
             compile_kwargs["valset"] = list(devset)
-        with dspy.context(lm=lm):
+        # DSPy's optimizers print their chatter; keep stdout for results (``--json``).
+        with dspy.context(lm=lm), contextlib.redirect_stdout(sys.stderr):
             optimized = opt.compile(student, trainset=list(trainset), **compile_kwargs)
         pending.parent.mkdir(parents=True, exist_ok=True)
         optimized.save(str(pending))
@@ -638,10 +656,16 @@ def optimize_program(
         "resumed": resumed,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    optimized.save(str(target))
-    sidecar.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    # Write aside, then rename: a server loading the state never sees half a file.
+    saving = target.with_name(f".{target.stem}.saving.json")
+    optimized.save(str(saving))
+    saving.replace(target)
+    saving_meta = sidecar.with_name(f".{sidecar.name}.saving")
+    saving_meta.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    saving_meta.replace(sidecar)
     checkpoint.drop(run_key, ["compiled", "after"])
     pending.unlink(missing_ok=True)
+    shutil.rmtree(gepa_dir, ignore_errors=True)
     say(f"saved {target} and {sidecar}")
     return OptimizeResult(
         site=site,

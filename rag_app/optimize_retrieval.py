@@ -288,7 +288,9 @@ def _append(path: Path, key: str, result: TrialResult) -> None:
         handle.flush()
 
 
-def _reranker(settings: Settings, notes: list[str]) -> tuple[Callable[[str, list[Passage]], list[Passage]], Any]:
+def _reranker(
+    settings: Settings, notes: list[str]
+) -> tuple[Callable[[str, list[Passage]], list[Passage]], Any]:
     from rag_app.evaluation.retrieval import reranker_fn
     from rag_app.rerank import FallbackReranker
 

@@ -38,10 +38,12 @@ Thread safety
     Inference is safe to run from several threads (torch modules are not mutated under
     ``inference_mode``; ONNX Runtime sessions are thread-safe). The Rust fast tokenizer is not safe
     against concurrent *mutation*: Hugging Face's ``tokenizer(...)`` re-sets truncation/padding on the
-    shared Rust object on every call, which races across threads ("Already borrowed"). The reranker
+    shared Rust object on every call, which is known to race across threads ("Already borrowed"; not
+    reproduced here with tokenizers 0.23 in 8 threads x 50 calls, but not guaranteed either). The reranker
     therefore tokenizes with a private copy of the Rust tokenizer whose truncation/padding are switched
-    off once, guarded by a lock. The lock costs nothing measurable: tokenizing 20 passages of 256 tokens
-    takes ~1-2 ms against ~100s of ms of inference. The alternative, one tokenizer copy per thread, was
+    off once (MiniLM's tokenizer.json even ships padding to 128), guarded by a lock. The lock costs little:
+    tokenizing and padding 20 passages of 256 tokens takes ~4 ms (measured) against >1 s of inference on
+    2 cores. The alternative, one tokenizer copy per thread, was
     measured (RSS growth per ``Tokenizer.from_str`` copy, this machine): 6.5 MiB for MiniLM's 30k
     WordPiece vocabulary and ~220 MiB for a synthetic 250k-piece Unigram tokenizer, XLM-R's size (which
     bge-reranker-base/large/v2-m3 use) - i.e. ~1.8 GB for an 8-thread pool, for no speed gain.
@@ -53,24 +55,31 @@ Thread safety
 Backends (``reranker_backend``) and what ``auto`` picks
     See :mod:`rag_app.rerank_backends` for what each backend is. ``auto`` resolves to ``cuda-fp16`` on a
     GPU; else ``torch-bf16`` where the CPU has bf16 units; else ``onnx-int8``. Measured with
-    ``benchmarks/rerank.py`` (bge-reranker-base architecture, 1 query x 20 passages, 2 Zen 4 cores with
-    avx512_bf16, other jobs sharing the CPU so +-20% noise), median ms per call:
+    ``benchmarks/rerank.py`` (bge-reranker-base architecture, 1 query x 20 passages per call, engines
+    called round-robin; 2 Zen 4 cores with avx512_bf16 shared with other jobs, load average 1-4, so
+    expect +-30%): median ms per call, speed-up over ``CrossEncoder.predict`` defaults in the same run.
 
-    ============  ==========  ==========  =========  =========  =========
-    tokens/pair   CE.predict  torch-fp32  torch-bf16  onnx-fp32  onnx-int8
-    ============  ==========  ==========  =========  =========  =========
-    128           3600        3300         720        1650        600
-    256           7900        7100        1500        3300       1300
-    512           19000       17500       3600        8000       3100
-    ============  ==========  ==========  =========  =========  =========
+    ======  ============  ===========  ===========  ===========  ===========
+    tokens  CE.predict    torch-fp32   torch-bf16   onnx-fp32    onnx-int8
+    ======  ============  ===========  ===========  ===========  ===========
+    128     2499          2650 (0.9x)   836 (3.0x)  1311 (1.9x)   603 (4.1x)
+    256     6871          5043 (1.4x)  1720 (4.0x)  2685 (2.6x)  1270 (5.4x)
+    512     14339         14773 (1.0x) 9171 (1.6x)  13377 (1.1x) 7139 (2.0x)
+    ======  ============  ===========  ===========  ===========  ===========
 
-    bf16 and int8 are both ~5x the default ``CrossEncoder.predict`` at 256 tokens, within noise of each
-    other. ``torch-bf16`` wins the tie on a bf16 CPU because it ranks closer to fp32 (numerics test on
-    real MiniLM activations: Spearman 0.999+ vs 0.99 for int8, same top-5 set for both), needs no
-    export/quantisation step at first start (~30 s for bge-reranker-base, then cached) and no second
-    copy of the weights on disk. Without bf16 units, bf16 is emulated (slower than fp32) while int8 still
-    runs on VNNI/AVX2 integer kernels at ~4-5x fp32, so ``onnx-int8`` is the CPU default there.
-    ``onnx-fp32`` (~2x) is for bit-faithful fp32 scores with less latency; ``torch-fp32`` is the reference.
+    (256 tokens: a 5-repeat run; 128/512: a 3-repeat run at a higher load, whose 256-token row gave 3.2x
+    bf16 and 2.8x int8.) Timed 2048^3 matmuls peak at ~220 GFLOP/s fp32 and ~860-920 GFLOP/s bf16 here.
+
+    int8 is the fastest backend on this CPU, ~1.2-1.4x bf16. ``auto`` still picks ``torch-bf16`` on bf16
+    hardware because reranking exists for ranking quality and int8 measurably changes the ranking: on real
+    MiniLM activations (``tests/test_rerank_numerics.py``) bf16 keeps Spearman 0.998 with fp32 and the
+    same top-5 set on 9 of 10 queries (the 10th swaps a 0.011-logit near-tie), while dynamic int8 drops to
+    Spearman 0.967 and the same top-5 on only 4 of 10 (4 of 5 shared on the rest). bf16 also needs no
+    export/quantisation at first start (~30-40 s for bge-reranker-base, cached afterwards) and still
+    clears the 4x target at 256 tokens. Without bf16 units bf16 is emulated (slower than fp32) while int8
+    runs on VNNI/AVX2 integer kernels, so ``onnx-int8`` is the CPU default there: it is the only >= 4x
+    option on such CPUs; if ``rag-app eval retrieval --rerank`` shows a quality drop with the real
+    weights, set ``reranker_backend=onnx-fp32`` (exact scores, ~2-2.5x). ``torch-fp32`` is the reference.
 """
 
 from __future__ import annotations
@@ -307,7 +316,7 @@ class CrossEncoderReranker:
         backend: str = "auto",
         max_length: int | None = None,
         query_max_tokens: int = 64,
-        batch_size: int = 16,
+        batch_size: int = 8,
         cache: ScoreCache | None = None,
         cache_size: int = 8192,
         onnx_dir: Path | None = None,
@@ -761,7 +770,16 @@ class RetrieveThenRerank(dspy.Module):
             k = getattr(self.retriever, "default_k", None) or self.settings.retrieve_k
         return int(k), int(top_n if top_n is not None else self.settings.rerank_top_n)
 
-    def _prediction(self, query_pred: Any, best: list[Passage], t0: float, t1: float, mode: Any) -> Any:
+    def _use_reranker(self, rerank: bool | None) -> bool:
+        """``rerank`` as asked, else the site's saved choice (``retrieval.json``), else True."""
+        return bool(getattr(self.retriever, "default_rerank", True) if rerank is None else rerank)
+
+    def _rerank(self, query: str, passages: Sequence[Passage], top_n: int, rerank: bool) -> list[Passage]:
+        return self.reranker.rerank(query, passages, top_n=top_n) if rerank else list(passages[:top_n])
+
+    def _prediction(
+        self, query_pred: Any, best: list[Passage], t0: float, t1: float, mode: Any, rerank: bool
+    ) -> Any:
         timings = dict(getattr(query_pred, "timings", None) or {})
         timings["retrieve_ms"] = (t1 - t0) * 1000.0
         timings["rerank_ms"] = _ms(t1)
@@ -769,7 +787,7 @@ class RetrieveThenRerank(dspy.Module):
         return dspy.Prediction(
             passages=best,
             candidates=list(query_pred.passages),
-            reranked=self.reranker.available,
+            reranked=rerank and self.reranker.available,
             timings=timings,
             mode=getattr(query_pred, "mode", None) or mode,
         )
@@ -781,14 +799,16 @@ class RetrieveThenRerank(dspy.Module):
         top_n: int | None = None,
         filters: Any = None,
         mode: str | None = None,
+        rerank: bool | None = None,
         **retriever_kwargs: Any,
     ) -> dspy.Prediction:
         k, top_n = self._k_and_top_n(k, top_n)
+        rerank = self._use_reranker(rerank)
         t0 = time.perf_counter()
         pred = self.retriever(query=query, k=k, filters=filters, mode=mode, **retriever_kwargs)
         t1 = time.perf_counter()
-        best = self.reranker.rerank(query, pred.passages, top_n=top_n)
-        return self._prediction(pred, best, t0, t1, mode)
+        best = self._rerank(query, pred.passages, top_n, rerank)
+        return self._prediction(pred, best, t0, t1, mode, rerank)
 
     async def aforward(
         self,
@@ -797,16 +817,18 @@ class RetrieveThenRerank(dspy.Module):
         top_n: int | None = None,
         filters: Any = None,
         mode: str | None = None,
+        rerank: bool | None = None,
         **retriever_kwargs: Any,
     ) -> dspy.Prediction:
         k, top_n = self._k_and_top_n(k, top_n)
+        rerank = self._use_reranker(rerank)
         t0 = time.perf_counter()
         pred = await asyncio.to_thread(
             self.retriever, query=query, k=k, filters=filters, mode=mode, **retriever_kwargs
         )
         t1 = time.perf_counter()
-        best = await asyncio.to_thread(self.reranker.rerank, query, list(pred.passages), top_n)
-        return self._prediction(pred, best, t0, t1, mode)
+        best = await asyncio.to_thread(self._rerank, query, list(pred.passages), top_n, rerank)
+        return self._prediction(pred, best, t0, t1, mode, rerank)
 
 
 def _default_settings() -> Settings:

@@ -29,19 +29,18 @@ import io
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from rag_app.errors import RagError
+from rag_app.hardware import cpu_has_bf16, cuda_available
 
 logger = logging.getLogger("rag_app.rerank")
 
@@ -62,52 +61,13 @@ class Backend(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-# --- hardware detection ------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (Linux x86 ``flags``, Arm ``Features``); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in {"flags", "features"}:
-            flags.update(value.split())
-    return frozenset(flags)
-
-
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (AVX512_BF16, AMX-BF16 or Arm BF16).
-
-    ``torch.backends.cpu.get_cpu_capability()`` reports ``AMX`` on Sapphire Rapids and later, but only
-    ``AVX512`` on Zen 4 even though Zen 4 has AVX512_BF16, so the cpuinfo flags are checked too.
-    """
-    import torch
-
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if "AMX" in capability or "BF16" in capability:
-        return True
-    flags = cpu_flags()
-    if {"avx512_bf16", "amx_bf16"} & flags:
-        return True
-    return platform.machine().lower() in {"aarch64", "arm64"} and "bf16" in flags
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+# --- hardware ------------------------------------------------------------------------------
 
 
 def available_backends() -> list[str]:
     """The backends this machine can run, in :data:`BACKENDS` order."""
     names = ["torch-fp32"]
-    if cpu_supports_bf16():
+    if cpu_has_bf16():
         names.append("torch-bf16")
     names += ["onnx-fp32", "onnx-int8"]
     if cuda_available():
@@ -124,7 +84,7 @@ def resolve_backend(requested: str) -> str:
     if requested == "auto":
         if cuda_available():
             return "cuda-fp16"
-        if cpu_supports_bf16():
+        if cpu_has_bf16():
             return "torch-bf16"
         return "onnx-int8"
     if requested not in BACKENDS:
@@ -134,7 +94,7 @@ def resolve_backend(requested: str) -> str:
             "reranker_backend=cuda-fp16 but torch sees no CUDA device on this machine; "
             "set RAG_RERANKER_BACKEND=auto (or onnx-int8 / torch-fp32)"
         )
-    if requested == "torch-bf16" and not cpu_supports_bf16():
+    if requested == "torch-bf16" and not cpu_has_bf16():
         raise RagError(
             "reranker_backend=torch-bf16 but this CPU has no bf16 units (avx512_bf16/amx_bf16), so bf16 "
             "would be emulated and slower than fp32; set RAG_RERANKER_BACKEND=auto (or onnx-int8, torch-fp32)"
@@ -169,6 +129,10 @@ class TorchBackend:
             model = model.float()
         elif name == "torch-bf16":
             model = model.to(torch.bfloat16)
+            # On CPU, eager attention in bf16 measured ~13% faster than SDPA for 20 pairs x 256 tokens
+            # (1365 vs 1571 ms, bge-reranker-base architecture, 2 cores): SDPA's CPU kernel upcasts.
+            with contextlib.suppress(AttributeError, ValueError):
+                model.set_attn_implementation("eager")
         elif name == "cuda-fp16":
             model = model.to(device="cuda", dtype=torch.float16)
         else:  # pragma: no cover - guarded by resolve_backend

@@ -76,6 +76,8 @@ class LanceDBRetriever(dspy.Module):
         saved = load_retrieval_config(settings, site) if use_saved_config else {}
         self.default_k: int = int(saved.get("k", settings.retrieve_k))
         self.default_mode: SearchMode = saved.get("mode", settings.search_mode)
+        #: Whether pipelines built on this retriever rerank by default (the site's saved choice).
+        self.default_rerank: bool = bool(saved.get("rerank", True))
         self._embedder = embedder
 
     @property

@@ -281,6 +281,7 @@ class VectorStore:
     def _vector(self, table: Any, vector: np.ndarray, k: int, where: str | None) -> list[dict[str, Any]]:
         query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
         query = query.distance_type("cosine").select([*RESULT_COLUMNS, "_distance"]).limit(k)
+        query = query.ef(max(self.settings.ann_ef, k))  # LanceDB's default (1.5 x k) loses recall
         if where:
             query = query.where(where, prefilter=True)
         rows = query.to_list()

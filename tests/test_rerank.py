@@ -17,6 +17,7 @@ from tiny_models import build_tiny_cross_encoder
 
 from rag_app import rerank as rr
 from rag_app.errors import ModelNotAvailableError, RagError
+from rag_app.hardware import cpu_has_bf16, cuda_available
 from rag_app.rerank import (
     CrossEncoderReranker,
     FallbackReranker,
@@ -27,7 +28,7 @@ from rag_app.rerank import (
     get_reranker,
     relevance_from_logits,
 )
-from rag_app.rerank_backends import cpu_supports_bf16, cuda_available, resolve_backend
+from rag_app.rerank_backends import resolve_backend
 from rag_app.settings import Settings
 from rag_app.types import Passage
 
@@ -139,12 +140,12 @@ def test_get_reranker_loads_a_local_dir_once_and_shares_it(tiny_path: Path, tmp_
 
 
 def test_auto_backend_and_explicit_unsupported_backends() -> None:
-    expected = "cuda-fp16" if cuda_available() else "torch-bf16" if cpu_supports_bf16() else "onnx-int8"
+    expected = "cuda-fp16" if cuda_available() else "torch-bf16" if cpu_has_bf16() else "onnx-int8"
     assert resolve_backend("auto") == expected
     if not cuda_available():
         with pytest.raises(RagError, match="CUDA"):
             resolve_backend("cuda-fp16")
-    if not cpu_supports_bf16():
+    if not cpu_has_bf16():
         with pytest.raises(RagError, match="bf16"):
             resolve_backend("torch-bf16")
 

@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 from tiny_models import build_minilm_cross_encoder
 
 from rag_app.rerank import CrossEncoderReranker
-from rag_app.rerank_backends import BACKENDS, available_backends
+from rag_app.rerank_backends import available_backends
 
 QUERIES = [
     "What is the capital of France and what is it known for?",
@@ -82,9 +82,9 @@ PASSAGES = [
 # far (in logits) from the 5th/6th boundary; closer ones are near-ties that any rounding may swap. The
 # margins are ~2.5x each backend's measured max |logit - fp32 logit|. Measured here over the 10 queries:
 #   onnx-fp32: Spearman 1.0 on every query, identical top-5 on 10/10, max |diff| ~1e-6 (margin 0: exact).
-#   torch-bf16: Spearman min 0.994, mean 0.998; max |diff| 0.018; identical top-5 on 9/10 (the 10th has a
+#   torch-bf16: Spearman min 0.994, mean 0.998; max |diff| 0.022; identical top-5 on 9/10 (the 10th has a
 #     0.011 gap between fp32's 5th and 6th passage, which bf16 swaps).
-#   onnx-int8 (dynamic, per-channel weights): Spearman min 0.949, mean 0.967; max |diff| 0.19; identical
+#   onnx-int8 (dynamic, per-channel weights): Spearman min 0.949, mean 0.967; max |diff| 0.21; identical
 #     top-5 on 4/10, 4 of 5 shared on the others. With per-tensor weights (quantize_dynamic's default) it
 #     measured min 0.81, mean 0.937 and down to 3/5 shared: the bounds below catch that. int8's drift is one
 #     reason `auto` prefers bf16 where the CPU has bf16 units.
@@ -130,15 +130,12 @@ def test_reference_scores_spread(reference: dict[str, np.ndarray]) -> None:
         assert len(np.unique(scores)) == len(PASSAGES)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch-fp32"])
+# Every faster backend this machine can run (cuda-fp16 only where a GPU is present; asking for it
+# without one is a clear error, tested in test_rerank.py).
+@pytest.mark.parametrize("backend", [b for b in available_backends() if b != "torch-fp32"])
 def test_backend_ranks_like_fp32(
     backend: str, minilm_ce: Path, onnx_root: Path, reference: dict[str, np.ndarray]
 ) -> None:
-    if backend not in available_backends():
-        reason = "no CUDA device" if backend == "cuda-fp16" else "this CPU has no bf16 units"
-        if backend.startswith("onnx"):  # pragma: no cover - ONNX Runtime's CPU provider is always there
-            reason = "onnxruntime missing"
-        pytest.skip(f"{backend}: {reason}")
     reranker = CrossEncoderReranker(
         str(minilm_ce), revision=None, backend=backend, cache_size=0, onnx_dir=onnx_root
     )

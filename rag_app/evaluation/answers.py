@@ -29,6 +29,7 @@ the per-mode counts), since extractive answers and LM answers are not comparable
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -223,6 +224,9 @@ class AnswerEvalResult:
     judged: bool
     lm: str | None = None
     judge_lm: str | None = None
+    state: str | None = None
+    state_sha256: str | None = None
+    retrieval_config: dict[str, Any] = field(default_factory=dict)
     skipped_rows: int = 0
     notes: list[str] = field(default_factory=list)
     dataset: DatasetInfo | None = None
@@ -247,6 +251,9 @@ class AnswerEvalResult:
             "lm": self.lm,
             "judged": self.judged,
             "judge_lm": self.judge_lm,
+            "state": self.state,
+            "state_sha256": self.state_sha256,
+            "retrieval_config": self.retrieval_config,
             "n_rows": len(self.rows),
             "skipped_rows": self.skipped_rows,
             "metrics": self.metrics,
@@ -290,6 +297,7 @@ def evaluate_answers(
 
     from rag_app.answering import format_passages, resolve_lm
     from rag_app.programs import program_class
+    from rag_app.retrieve import load_retrieval_config
 
     cls = program_class(settings, site, program)
     rows_in, skipped = select_rows(examples, site, program, all_rows=all_rows)
@@ -314,7 +322,8 @@ def evaluate_answers(
         if judge_model is not None:
             judges = _Judges(judge_model)
         else:
-            notes.append(f"SemanticF1 and CompleteAndGrounded not computed: {why_not}")
+            why = re.sub(r"[:;] extractive answer$", "", why_not or "no LM")
+            notes.append(f"SemanticF1 and CompleteAndGrounded not computed: {why}")
 
     results: list[AnswerRow] = []
     bar = tqdm(total=len(rows_in), desc=f"answers {site}/{program}", disable=not progress, leave=False)
@@ -356,6 +365,8 @@ def evaluate_answers(
     if judges is not None and judges.failures:
         failed = ", ".join(f"{n}x {what}" for what, n in sorted(judges.failures.items()))
         notes.append(f"judge calls failed (left out of the averages): {failed}")
+    state = getattr(instance, "state", None)
+    state = state if isinstance(state, str) and Path(state).is_file() else None
     mode_counts = dict(Counter(row.mode for row in results))
     mode = "lm" if mode_counts.get("lm", 0) == len(results) else "extractive"
     if mode == "extractive" and mode_counts.get("lm"):
@@ -370,6 +381,9 @@ def evaluate_answers(
         judged=judges is not None,
         lm=lm_name(lm) or (settings.lm_model if mode_counts.get("lm") else None),
         judge_lm=lm_name(judge_model) if judges is not None else None,
+        state=state,
+        state_sha256=hashlib.sha256(Path(state).read_bytes()).hexdigest() if state else None,
+        retrieval_config=load_retrieval_config(settings, site),
         skipped_rows=skipped,
         notes=notes,
     )
@@ -382,7 +396,15 @@ def write_answers_report(
     mode) plus ``answers.jsonl`` with every row's answer and metrics. Returns the paths."""
     models: dict[str, Any] = dict(models_from_settings(settings))
     models.update(
-        {"answer_mode": result.mode, "lm_used": result.lm, "judge_lm": result.judge_lm, "judged": result.judged}
+        {
+            "answer_mode": result.mode,
+            "lm_used": result.lm,
+            "judge_lm": result.judge_lm,
+            "judged": result.judged,
+            "program_state": result.state,
+            "program_state_sha256": result.state_sha256,
+            "retrieval_config": result.retrieval_config or None,
+        }
     )
     name = result.dataset.name if result.dataset else "answers"
     report = EvalReport(
@@ -413,12 +435,24 @@ def answers_eval(
     all_rows: bool = False,
     judge: bool = True,
     lm: Any = None,
+    judge_lm: Any = None,
+    program_obj: Any = None,
     progress: bool = True,
 ) -> AnswerEvalResult:
     """The ``rag-app eval answers`` job: load the dataset, evaluate, optionally write the report."""
     examples = load_eval_jsonl(dataset)
     result = evaluate_answers(
-        settings, site, program, examples, lm=lm, judge=judge, all_rows=all_rows, limit=limit, progress=progress
+        settings,
+        site,
+        program,
+        examples,
+        lm=lm,
+        judge=judge,
+        judge_lm=judge_lm,
+        program_obj=program_obj,
+        all_rows=all_rows,
+        limit=limit,
+        progress=progress,
     )
     result.dataset = DatasetInfo(
         name=dataset.stem, path=str(dataset), hash=dataset_hash(dataset), n_queries=len(result.rows)

@@ -1,0 +1,313 @@
+"""The ``rag-app optimize`` and ``rag-app eval answers`` commands (registered by :mod:`rag_app.cli`).
+
+Kept in their own module so the main CLI file stays small; ``register(app, eval_app)`` adds them.
+Error handling is :func:`rag_app.cli.handle_errors`, looked up when a command runs (not at import
+time, so this module can be imported while ``rag_app.cli`` is still being loaded).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./rag.toml).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (RAG_DATA_DIR).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+AllRowsOpt = Annotated[
+    bool,
+    typer.Option("--all-rows", help="Use every row of the site, also rows that name another program."),
+]
+
+
+def _handled(func: F) -> F:
+    """``rag_app.cli.handle_errors`` around ``func``, resolved at call time."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rag_app.cli import handle_errors
+
+        return handle_errors(func)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Any:
+    from rag_app.settings import Settings
+
+    return Settings.load(config, **overrides)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+
+
+def _note(text: str) -> None:
+    err_console.print("[yellow]note:[/yellow] ", end="", highlight=False)
+    err_console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+# ------------------------------------------------------------------------------------ eval answers
+
+
+def eval_answers(
+    site: Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")],
+    program: Annotated[str, typer.Option("--program", help="The site's program, e.g. chat_bridge.")],
+    dataset: Annotated[Path, typer.Option("--dataset", help="Eval set (JSONL) with gold answers.")],
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N rows.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write report.json/.md/.png and answers.jsonl here.")
+    ] = None,
+    all_rows: AllRowsOpt = False,
+    no_judge: Annotated[
+        bool, typer.Option("--no-judge", help="Skip the LM-judged SemanticF1 and CompleteAndGrounded.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Exact match, token F1, citation precision and not-found rate of a program's answers (+ DSPy's
+    SemanticF1 and CompleteAndGrounded when an LM is configured and reachable)."""
+    from rag_app.evaluation.answers import answers_eval
+
+    settings = _settings(config, data_dir=data_dir)
+    result = answers_eval(
+        settings,
+        site,
+        program,
+        dataset,
+        limit=limit,
+        report_dir=report_dir,
+        all_rows=all_rows,
+        judge=not no_judge,
+        progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        _print_json(result.json_payload())
+        return
+    console.print(result.table(), highlight=False, markup=False, soft_wrap=True)
+    counts = ", ".join(f"{n} {mode}" for mode, n in sorted(result.mode_counts.items()))
+    console.print(f"{len(result.rows)} row(s); answers: {counts}", highlight=False, markup=False)
+    for note in result.notes:
+        _note(note)
+    if result.report_files:
+        console.print(
+            "report: " + ", ".join(str(p) for p in result.report_files.values()),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+# ---------------------------------------------------------------------------------------- optimize
+
+
+def optimize(
+    site: Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")],
+    program: Annotated[
+        str | None, typer.Option("--program", help="The program to optimize (not with --retrieval-only).")
+    ] = None,
+    train: Annotated[Path | None, typer.Option("--train", help="Training rows (JSONL).")] = None,
+    dev: Annotated[
+        Path | None, typer.Option("--dev", help="Dev rows (JSONL), scored before and after.")
+    ] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="bootstrap, mipro or gepa.")] = "bootstrap",
+    budget: Annotated[str, typer.Option("--budget", help="light, medium or heavy.")] = "light",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite a saved state even if its recorded dev score is better."),
+    ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="Where <site>/<program>.json goes (default: the programs dir)."),
+    ] = None,
+    retrieval_only: Annotated[
+        bool,
+        typer.Option("--retrieval-only", help="Search k x mode x rerank instead (no LM); needs --dev."),
+    ] = False,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Retrieval metric to maximise with --retrieval-only.")
+    ] = "ndcg@10",
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use only the first N train and N dev rows.")
+    ] = None,
+    all_rows: AllRowsOpt = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Parallel program runs.")] = 1,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="Ignore checkpoints of earlier interrupted runs.")
+    ] = False,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="--retrieval-only: also write a report here.")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Optimize a program offline with DSPy (saves programs/<site>/<program>.json + .meta.json), or
+    with --retrieval-only search the site's best k, mode and rerank (saves programs/<site>/retrieval.json).
+
+    Interrupted runs resume: finished retrieval trials and finished evaluations are checkpointed."""
+    from rag_app.errors import InputError
+
+    settings = _settings(config, data_dir=data_dir)
+    progress = sys.stderr.isatty() and not as_json
+    try:
+        if retrieval_only:
+            if dev is None:
+                raise InputError("--retrieval-only needs --dev FILE (judged rows of the site)")
+            if program or train:
+                raise InputError("--retrieval-only tunes the site's retrieval: drop --program and --train")
+            _retrieval(
+                settings, site, dev, metric, state_dir, limit, not no_resume, progress, report_dir, as_json
+            )
+            return
+        missing = [
+            name for name, value in (("--program", program), ("--train", train), ("--dev", dev)) if not value
+        ]
+        if missing:
+            raise InputError(f"optimizing a program needs {', '.join(missing)} (or use --retrieval-only)")
+        _program(
+            settings,
+            site,
+            program,  # type: ignore[arg-type]
+            train,  # type: ignore[arg-type]
+            dev,  # type: ignore[arg-type]
+            optimizer=optimizer,
+            budget=budget,
+            force=force,
+            state_dir=state_dir,
+            limit=limit,
+            all_rows=all_rows,
+            threads=threads,
+            resume=not no_resume,
+            progress=progress,
+            as_json=as_json,
+        )
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted:[/yellow] finished work is checkpointed; run the same command again to "
+            "resume (--no-resume starts over)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _retrieval(
+    settings: Any,
+    site: str,
+    dev: Path,
+    metric: str,
+    state_dir: Path | None,
+    limit: int | None,
+    resume: bool,
+    progress: bool,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
+    from rag_app.optimize_retrieval import search_retrieval_config
+
+    result = search_retrieval_config(
+        settings,
+        site,
+        dev,
+        metric=metric,
+        state_dir=state_dir,
+        limit=limit,
+        resume=resume,
+        progress=progress,
+        report_dir=report_dir,
+    )
+    if as_json:
+        _print_json(result.json_payload())
+        return
+    console.print(result.table(), highlight=False, markup=False, soft_wrap=True)
+    best = result.best
+    console.print(
+        f"best: {best.trial.label} ({result.metric} {best.score(result.metric):.3f}) -> saved {result.path}"
+        + (f" ({result.resumed} trial(s) resumed from {result.checkpoint})" if result.resumed else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for note in result.notes:
+        _note(note)
+    if result.report_files:
+        console.print(
+            "report: " + ", ".join(str(p) for p in result.report_files.values()),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _program(
+    settings: Any,
+    site: str,
+    program: str,
+    train: Path,
+    dev: Path,
+    *,
+    optimizer: str,
+    budget: str,
+    force: bool,
+    state_dir: Path | None,
+    limit: int | None,
+    all_rows: bool,
+    threads: int,
+    resume: bool,
+    progress: bool,
+    as_json: bool,
+) -> None:
+    from rag_app.optimize import optimize_program
+
+    result = optimize_program(
+        settings,
+        site,
+        program,
+        train,
+        dev,
+        optimizer=optimizer,
+        budget=budget,
+        force=force,
+        state_dir=state_dir,
+        all_rows=all_rows,
+        train_limit=limit,
+        dev_limit=limit,
+        num_threads=threads,
+        resume=resume,
+        progress=progress,
+        on_step=None
+        if as_json
+        else (lambda message: err_console.print(message, highlight=False, markup=False)),
+    )
+    if as_json:
+        _print_json(result.json_payload())
+        return
+    console.print(
+        f"{site}/{program} {optimizer} ({budget}): dev score {result.score_before:.3f} -> "
+        f"{result.score_after:.3f}; saved {result.state_path} and {result.meta_path}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for note in result.notes:
+        _note(note)
+
+
+# ---------------------------------------------------------------------------------------- register
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    """Add ``optimize`` to ``app`` and ``answers`` to ``eval_app``."""
+    app.command("optimize")(_handled(optimize))
+    eval_app.command("answers")(_handled(eval_answers))
