@@ -34,6 +34,8 @@ from rag_app.answering import (
     cite_sentence,
     combine_modes,
     format_passages,
+    not_blank,
+    passage_citation,
     terms,
 )
 from rag_app.types import Citation, Passage
@@ -275,12 +277,7 @@ class ChatBridgeInput(BaseModel):
     message: str = Field(min_length=1, description="The customer's latest message.")
     history: list[ChatTurn] = Field(default_factory=list, description="Earlier messages, oldest first.")
 
-    @field_validator("message")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("message is blank")
-        return value
+    _not_blank = field_validator("message")(not_blank)
 
 
 class ChatBridgeOutput(GroundedOutput):
@@ -296,12 +293,7 @@ class ResourcesSearchInput(BaseModel):
     query: str = Field(min_length=1)
     limit: int = Field(5, ge=1, le=20, description="Pages to return.")
 
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query is blank")
-        return value
+    _not_blank = field_validator("query")(not_blank)
 
 
 class ResourceHit(BaseModel):
@@ -427,16 +419,10 @@ class ResourcesSearch(GroundedProgram):
     name: ClassVar[str] = "resources_search"
     Input: ClassVar[type[BaseModel]] = ResourcesSearchInput
     Output: ClassVar[type[GroundedOutput]] = ResourcesSearchOutput
+    question_field: ClassVar[str] = "query"
 
     def build(self) -> None:
         self.explain = dspy.Predict(ResourceReason)
-
-    @classmethod
-    def input_from_question(
-        cls, question: str, history: list[dict[str, str]] | None = None, **extra: Any
-    ) -> BaseModel:
-        extra.pop("filters", None)
-        return ResourcesSearchInput.model_validate({"query": question, **extra})
 
     def reason(
         self, query: str, passage: Passage, lm: Any, notes: list[str], exclude: Callable[[str], bool] | None
@@ -499,16 +485,7 @@ class ResourcesSearch(GroundedProgram):
                 )
             )
             quote = reason if mode == "extractive" else best_sentence(reason, passage)
-            citations.append(
-                Citation(
-                    index=rank,
-                    passage_id=passage.id,
-                    doc_id=passage.doc_id,
-                    title=passage.title,
-                    source=passage.source,
-                    quote=quote,
-                )
-            )
+            citations.append(passage_citation(rank, passage, quote))
         timings["answer_ms"] = (time.perf_counter() - start) * 1000
         if not hits:
             notes.append("no passages matched the query")

@@ -32,6 +32,8 @@ from rag_app.answering import (
     best_sentence,
     combine_modes,
     format_passages,
+    not_blank,
+    passage_citation,
 )
 from rag_app.errors import InputError
 from rag_app.types import Citation, Passage, SearchFilters
@@ -105,12 +107,7 @@ class TickersInput(_Window):
     setup: str = Field(min_length=1, description="The earnings setup to screen for, in words.")
     sector: str | None = Field(None, description="GICS sector (or the start of its words: 'tech').")
 
-    @field_validator("setup")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("setup is blank")
-        return value
+    _not_blank = field_validator("setup")(not_blank)
 
 
 class TickerPick(BaseModel):
@@ -135,12 +132,7 @@ class TickersOutput(GroundedOutput):
 class CatalystsInput(_Window):
     description: str = Field(min_length=1, description="The market shape or situation, in words.")
 
-    @field_validator("description")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("description is blank")
-        return value
+    _not_blank = field_validator("description")(not_blank)
 
 
 class CatalystHit(BaseModel):
@@ -200,14 +192,102 @@ def sector_matches(wanted: str, sector: str) -> bool:
 
 
 class _PaidDailyProgram(GroundedProgram):
-    site: ClassVar[str] = SITE
+    """Both programs: retrieve with the store's prefilters, group per item, explain each item.
 
+    Subclasses say what an item is (:meth:`item_key`), what the LM is told about it
+    (:meth:`item_inputs`) and how a kept item is reported (:meth:`make_item`, :meth:`answer_line`).
+    """
+
+    site: ClassVar[str] = SITE
+    filter_fields: ClassVar[tuple[str, ...]] = ("date_from", "date_to", "tickers")
+    #: The predictor's output field holding an item's text.
+    output_field: ClassVar[str]
+    #: The ``Output`` field listing the kept items.
+    items_field: ClassVar[str]
+    #: Note for items the LM found no support for, ``{}`` being their keys.
+    rejected_note: ClassVar[str]
+    #: Note for a search that matched nothing.
+    no_match_note: ClassVar[str]
+
+    # ------------------------------------------------------------------------ hooks for subclasses
+    def search_filters(self, inputs: _Window) -> SearchFilters:
+        return self.filters(inputs)
+
+    @staticmethod
+    def item_key(passage: Passage) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def item_inputs(self, inputs: _Window, group: list[Passage]) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def make_item(self, rank: int, top: Passage, grounded: Grounding) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def answer_line(item: Any) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ shared
     def filters(self, inputs: _Window, doc_ids: list[str] | None = None) -> SearchFilters:
         return SearchFilters(
             date_from=inputs.date_from,
             date_to=inputs.date_to,
             tickers=inputs.all_tickers(),
             doc_ids=doc_ids or [],
+        )
+
+    def execute(self, inputs: _Window) -> GroundedOutput:
+        notes: list[str] = []
+        timings: dict[str, float] = {}
+        lm, lm_note = self.lm()
+        query = getattr(inputs, self.question_field)
+        candidates, reranked = self.retrieve(
+            query,
+            filters=self.search_filters(inputs),
+            top_n=self.settings.retrieve_k,
+            timings=timings,
+            notes=notes,
+        )
+        groups = group_passages(candidates, self.item_key, inputs.limit)
+        flat, numbers = number_groups(groups)
+        items: list[Any] = []
+        parts: list[Grounding] = []
+        modes: list[str] = []
+        rejected: list[str] = []
+        for group, nums in zip(groups, numbers, strict=True):
+            grounded, mode = self.item_text(
+                self.explain,
+                query,
+                group,
+                nums,
+                flat,
+                self.item_inputs(inputs, group),
+                self.output_field,
+                lm=lm,
+                lm_note=lm_note,
+                notes=notes,
+                timings=timings,
+            )
+            if grounded.not_found:
+                rejected.append(self.item_key(group[0]))
+                continue
+            modes.append(mode)
+            parts.append(grounded)
+            items.append(self.make_item(len(items) + 1, group[0], grounded))
+        if rejected:
+            notes.append(self.rejected_note.format(", ".join(rejected)))
+        if not candidates:
+            notes.append(self.no_match_note)
+        return self.Output(
+            answer="\n".join(self.answer_line(item) for item in items) or NOT_FOUND_ANSWER,
+            citations=_merge_citations(parts),
+            passages=flat,
+            mode=combine_modes(modes) if modes else ("lm" if lm is not None else "extractive"),
+            timings=timings,
+            notes=notes,
+            dropped_citations=sum(p.dropped for p in parts),
+            reranked=reranked,
+            **{self.items_field: items},
         )
 
     def item_text(
@@ -245,19 +325,7 @@ class _PaidDailyProgram(GroundedProgram):
             sentence = best_sentence(query, group[0])
             if sentence:
                 n = numbers[0]
-                grounded = Grounding(
-                    f"{sentence} [{n}]",
-                    [
-                        Citation(
-                            index=n,
-                            passage_id=group[0].id,
-                            doc_id=group[0].doc_id,
-                            title=group[0].title,
-                            source=group[0].source,
-                            quote=sentence,
-                        )
-                    ],
-                )
+                grounded = Grounding(f"{sentence} [{n}]", [passage_citation(n, group[0], sentence)])
         return grounded, mode
 
 
@@ -279,17 +347,14 @@ class Tickers(_PaidDailyProgram):
     collection: ClassVar[str | None] = "tickers"
     Input: ClassVar[type[BaseModel]] = TickersInput
     Output: ClassVar[type[GroundedOutput]] = TickersOutput
+    question_field: ClassVar[str] = "setup"
+    output_field: ClassVar[str] = "rationale"
+    items_field: ClassVar[str] = "tickers"
+    rejected_note: ClassVar[str] = "the LM found no support for {} in their pages; left out"
+    no_match_note: ClassVar[str] = "no ticker pages matched the query and filters"
 
     def build(self) -> None:
         self.explain = dspy.Predict(TickerRationale)
-
-    @classmethod
-    def input_from_question(
-        cls, question: str, history: list[dict[str, str]] | None = None, **extra: Any
-    ) -> BaseModel:
-        filters = extra.pop("filters", None) or {}
-        payload = {key: filters[key] for key in ("date_from", "date_to", "tickers") if filters.get(key)}
-        return TickersInput.model_validate({"setup": question, **payload, **extra})
 
     def sector_doc_ids(self, sector: str) -> list[str]:
         """Ids of the ticker pages in ``sector``; an InputError listing the known sectors if none."""
@@ -314,86 +379,39 @@ class Tickers(_PaidDailyProgram):
             )
         return ids
 
-    def execute(self, inputs: TickersInput) -> TickersOutput:
-        notes: list[str] = []
-        timings: dict[str, float] = {}
-        lm, lm_note = self.lm()
+    def search_filters(self, inputs: TickersInput) -> SearchFilters:
         doc_ids = self.sector_doc_ids(inputs.sector) if inputs.sector else None
-        candidates, reranked = self.retrieve(
-            inputs.setup,
-            filters=self.filters(inputs, doc_ids),
-            top_n=self.settings.retrieve_k,
-            timings=timings,
-            notes=notes,
+        return self.filters(inputs, doc_ids)
+
+    @staticmethod
+    def item_key(passage: Passage) -> str:
+        return (passage.metadata.get("tickers") or [passage.doc_id])[0]
+
+    def item_inputs(self, inputs: TickersInput, group: list[Passage]) -> dict[str, Any]:
+        return {"setup": inputs.setup, "ticker": self.item_key(group[0])}
+
+    def make_item(self, rank: int, top: Passage, grounded: Grounding) -> TickerPick:
+        return TickerPick(
+            rank=rank,
+            ticker=self.item_key(top),
+            company=str(top.metadata.get("company") or ""),
+            sector=str(top.metadata.get("sector") or ""),
+            setup=str(top.metadata.get("setup") or ""),
+            date=top.metadata.get("date"),
+            earnings_date=top.metadata.get("earnings_date"),
+            doc_id=top.doc_id,
+            url=top.source,
+            score=_score(top),
+            rationale=grounded.answer,
+            citations=[c.index for c in grounded.citations],
         )
-        groups = group_passages(
-            candidates, lambda p: (p.metadata.get("tickers") or [p.doc_id])[0], inputs.limit
-        )
-        flat, numbers = number_groups(groups)
-        picks: list[TickerPick] = []
-        parts: list[Grounding] = []
-        modes: list[str] = []
-        rejected: list[str] = []
-        for group, nums in zip(groups, numbers, strict=True):
-            top = group[0]
-            ticker = (top.metadata.get("tickers") or [top.doc_id])[0]
-            grounded, mode = self.item_text(
-                self.explain,
-                inputs.setup,
-                group,
-                nums,
-                flat,
-                {"setup": inputs.setup, "ticker": ticker},
-                "rationale",
-                lm=lm,
-                lm_note=lm_note,
-                notes=notes,
-                timings=timings,
-            )
-            if grounded.not_found:
-                rejected.append(ticker)
-                continue
-            modes.append(mode)
-            parts.append(grounded)
-            picks.append(
-                TickerPick(
-                    rank=len(picks) + 1,
-                    ticker=ticker,
-                    company=str(top.metadata.get("company") or ""),
-                    sector=str(top.metadata.get("sector") or ""),
-                    setup=str(top.metadata.get("setup") or ""),
-                    date=top.metadata.get("date"),
-                    earnings_date=top.metadata.get("earnings_date"),
-                    doc_id=top.doc_id,
-                    url=top.source,
-                    score=_score(top),
-                    rationale=grounded.answer,
-                    citations=[c.index for c in grounded.citations],
-                )
-            )
-        if rejected:
-            notes.append(f"the LM found no support for {', '.join(rejected)} in their pages; left out")
-        if not candidates:
-            notes.append("no ticker pages matched the query and filters")
-        answer = (
-            "\n".join(
-                f"{p.rank}. {p.ticker}"
-                + (f" ({p.company}, {p.setup} setup)" if p.company else "")
-                + f": {p.rationale}"
-                for p in picks
-            )
-            or NOT_FOUND_ANSWER
-        )
-        return TickersOutput(
-            answer=answer,
-            citations=_merge_citations(parts),
-            passages=flat,
-            mode=combine_modes(modes) if modes else ("lm" if lm is not None else "extractive"),
-            timings=timings,
-            notes=notes,
-            dropped_citations=sum(p.dropped for p in parts),
-            reranked=reranked,
-            tickers=picks,
+
+    @staticmethod
+    def answer_line(p: TickerPick) -> str:
+        return (
+            f"{p.rank}. {p.ticker}"
+            + (f" ({p.company}, {p.setup} setup)" if p.company else "")
+            + f": {p.rationale}"
         )
 
 
@@ -404,95 +422,44 @@ class Catalysts(_PaidDailyProgram):
     collection: ClassVar[str | None] = "catalysts"
     Input: ClassVar[type[BaseModel]] = CatalystsInput
     Output: ClassVar[type[GroundedOutput]] = CatalystsOutput
+    question_field: ClassVar[str] = "description"
+    output_field: ClassVar[str] = "summary"
+    items_field: ClassVar[str] = "catalysts"
+    rejected_note: ClassVar[str] = "the LM found no support in {}; left out"
+    no_match_note: ClassVar[str] = "no catalyst notes matched the query and filters"
 
     def build(self) -> None:
         self.explain = dspy.Predict(CatalystPrecedent)
 
-    @classmethod
-    def input_from_question(
-        cls, question: str, history: list[dict[str, str]] | None = None, **extra: Any
-    ) -> BaseModel:
-        filters = extra.pop("filters", None) or {}
-        payload = {key: filters[key] for key in ("date_from", "date_to", "tickers") if filters.get(key)}
-        return CatalystsInput.model_validate({"description": question, **payload, **extra})
+    @staticmethod
+    def item_key(passage: Passage) -> str:
+        return passage.doc_id
 
-    def execute(self, inputs: CatalystsInput) -> CatalystsOutput:
-        notes: list[str] = []
-        timings: dict[str, float] = {}
-        lm, lm_note = self.lm()
-        candidates, reranked = self.retrieve(
-            inputs.description,
-            filters=self.filters(inputs),
-            top_n=self.settings.retrieve_k,
-            timings=timings,
-            notes=notes,
+    def item_inputs(self, inputs: CatalystsInput, group: list[Passage]) -> dict[str, Any]:
+        top = group[0]
+        tickers = list(top.metadata.get("tickers") or [])
+        when = top.metadata.get("date") or "undated"
+        label = f"{top.title} ({when}; {', '.join(tickers) or 'market-wide'})"
+        return {"description": inputs.description, "catalyst": label}
+
+    def make_item(self, rank: int, top: Passage, grounded: Grounding) -> CatalystHit:
+        return CatalystHit(
+            rank=rank,
+            doc_id=top.doc_id,
+            date=top.metadata.get("date"),
+            tickers=list(top.metadata.get("tickers") or []),
+            title=top.title,
+            shape=str(top.metadata.get("shape") or ""),
+            event=str(top.metadata.get("event") or ""),
+            url=top.source,
+            score=_score(top),
+            summary=grounded.answer,
+            citations=[c.index for c in grounded.citations],
         )
-        groups = group_passages(candidates, lambda p: p.doc_id, inputs.limit)
-        flat, numbers = number_groups(groups)
-        hits: list[CatalystHit] = []
-        parts: list[Grounding] = []
-        modes: list[str] = []
-        rejected: list[str] = []
-        for group, nums in zip(groups, numbers, strict=True):
-            top = group[0]
-            tickers = list(top.metadata.get("tickers") or [])
-            when = top.metadata.get("date") or "undated"
-            label = f"{top.title} ({when}; {', '.join(tickers) or 'market-wide'})"
-            grounded, mode = self.item_text(
-                self.explain,
-                inputs.description,
-                group,
-                nums,
-                flat,
-                {"description": inputs.description, "catalyst": label},
-                "summary",
-                lm=lm,
-                lm_note=lm_note,
-                notes=notes,
-                timings=timings,
-            )
-            if grounded.not_found:
-                rejected.append(top.doc_id)
-                continue
-            modes.append(mode)
-            parts.append(grounded)
-            hits.append(
-                CatalystHit(
-                    rank=len(hits) + 1,
-                    doc_id=top.doc_id,
-                    date=top.metadata.get("date"),
-                    tickers=tickers,
-                    title=top.title,
-                    shape=str(top.metadata.get("shape") or ""),
-                    event=str(top.metadata.get("event") or ""),
-                    url=top.source,
-                    score=_score(top),
-                    summary=grounded.answer,
-                    citations=[c.index for c in grounded.citations],
-                )
-            )
-        if rejected:
-            notes.append(f"the LM found no support in {', '.join(rejected)}; left out")
-        if not candidates:
-            notes.append("no catalyst notes matched the query and filters")
-        answer = (
-            "\n".join(
-                f"{h.rank}. {h.date or 'undated'} {', '.join(h.tickers) or 'market'}: {h.title}. {h.summary}"
-                for h in hits
-            )
-            or NOT_FOUND_ANSWER
-        )
-        return CatalystsOutput(
-            answer=answer,
-            citations=_merge_citations(parts),
-            passages=flat,
-            mode=combine_modes(modes) if modes else ("lm" if lm is not None else "extractive"),
-            timings=timings,
-            notes=notes,
-            dropped_citations=sum(p.dropped for p in parts),
-            reranked=reranked,
-            catalysts=hits,
-        )
+
+    @staticmethod
+    def answer_line(h: CatalystHit) -> str:
+        return f"{h.rank}. {h.date or 'undated'} {', '.join(h.tickers) or 'market'}: {h.title}. {h.summary}"
 
 
 PROGRAMS: dict[str, type[GroundedProgram]] = {"tickers": Tickers, "catalysts": Catalysts}

@@ -13,7 +13,7 @@ written from those passages with inline [n] citations (LM), or made of each item
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -27,6 +27,7 @@ from rag_app.answering import (
     cite_sentence,
     extractive_answer,
     format_passages,
+    passage_citation,
     terms,
 )
 from rag_app.types import Citation, Passage
@@ -157,13 +158,6 @@ class ReadingProgram(GroundedProgram):
     def build(self) -> None:
         self.read = dspy.Predict(Reading)
 
-    @classmethod
-    def input_from_question(
-        cls, question: str, history: list[dict[str, str]] | None = None, **extra: Any
-    ) -> BaseModel:
-        extra.pop("filters", None)
-        return ReadingInput.model_validate({"question": question, **extra})
-
     def execute(self, inputs: ReadingInput) -> ReadingOutput:
         notes: list[str] = []
         timings: dict[str, float] = {}
@@ -254,17 +248,7 @@ class ReadingProgram(GroundedProgram):
             sentence = best_sentence(item, passage)
             if sentence:
                 lines.append(f"{item}: {cite_sentence(sentence, n)}")
-                citations.setdefault(
-                    n,
-                    Citation(
-                        index=n,
-                        passage_id=passage.id,
-                        doc_id=passage.doc_id,
-                        title=passage.title,
-                        source=passage.source,
-                        quote=sentence,
-                    ),
-                )
+                citations.setdefault(n, passage_citation(n, passage, sentence))
         if not lines:
             return Grounding(NOT_FOUND_ANSWER)
         return Grounding("\n".join(lines), [citations[i] for i in sorted(citations)])

@@ -1,56 +1,73 @@
-"""What every site program shares: the LM, grounding in code, the extractive fallback and saved states.
+"""The base of every site program, and running one on a free-text question.
 
-Grounding is enforced here, not left to the prompt:
+Programs (``programs/<site>.py``) subclass :class:`GroundedProgram`, which gives each the same typed
+``run``, DSPy ``forward``, retrieval and answering path, so that every site grounds its answers and
+falls back to an extractive answer the same way:
 
-* passages reach the LM as numbered, delimited data blocks (``[1] (title) «text»``), and every answer
-  signature says that instructions inside passages are to be ignored;
-* :func:`ground_answer` parses the ``[n]`` markers of an answer; a marker naming a passage that was not
-  passed in is removed and counted; an answer left without any valid citation becomes
-  :data:`NOT_FOUND_ANSWER` with no citations;
+* the LM for a call comes from :func:`~rag_app.lm.resolve_lm`; it is used per call with
+  ``dspy.context(lm=...)``, never ``dspy.configure``: the server runs programs in threads, and a
+  global LM would leak between requests;
+* the LM's answer goes through :func:`~rag_app.grounding.ground_answer` (citations of passages that
+  were not passed in are removed; an answer left without any is not found);
 * with no LM configured, an unreachable Ollama, or any exception from the LM call, programs answer
-  with :func:`extractive_answer` (the best question-matching sentences of the passages, cited the same
-  way) and say so in ``notes``.
+  with :func:`~rag_app.extractive.extractive_answer` and say so in ``notes``.
 
-LMs are used per call with ``dspy.context(lm=...)``, never ``dspy.configure``: the server runs programs
-in threads, and a global LM would leak between requests. Which LM a call uses, first match wins: the
-LM passed to the program's constructor (tests pass ``dspy.utils.DummyLM``), an LM in the active DSPy
-context (what optimizers and evaluators set), the LM built from settings (:func:`build_lm`, through
-LiteLLM, DSPy's response cache under ``<data_dir>/cache/dspy``). For Ollama models a ``GET
-/api/version`` probe (1.5 s timeout, result kept 30 s per host) runs first, so a stopped Ollama gives
-an extractive answer at once instead of after the LM call's timeouts and retries.
+:func:`ask` maps a free-text question to a program's input for the CLI. A program's optimized state is
+loaded from ``programs/<site>/<program>.json`` (:func:`state_path`) when present and named in
+``Output.state``.
 
-Programs (``programs/<site>.py``) subclass :class:`GroundedProgram`; :func:`ask` maps a free-text
-question to a program's input for the CLI. A program's optimized state is loaded from
-``programs/<site>/<program>.json`` (:func:`state_path`) when present and named in ``Output.state``.
+The LM, grounding, extractive and sentence helpers used to live here; they are re-exported, so
+``from rag_app.answering import ...`` keeps working for them.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import dspy
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo
 
 from rag_app.errors import InputError
-from rag_app.evaluation.metrics import NOT_FOUND_ANSWER, is_not_found
+from rag_app.evaluation.metrics import NOT_FOUND_ANSWER
+from rag_app.extractive import (
+    MIN_SENTENCE_WORDS,
+    ExtractiveAnswer,
+    best_sentence,
+    cite_sentence,
+    extractive_answer,
+    passage_citation,
+)
+from rag_app.grounding import Grounding, format_passages, ground_answer, parse_citations, passage_label
+from rag_app.lm import _CACHE_DIR as _CACHE_DIR  # re-exported: tests reset DSPy's cache dir through it
+from rag_app.lm import (
+    PROBE_TIMEOUT_S,
+    PROBE_TTL_S,
+    build_lm,
+    clear_lm_caches,
+    is_ollama_model,
+    lm_unavailable_reason,
+    probe_ollama,
+    resolve_lm,
+)
 from rag_app.programs import ProgramOutput, SiteProgram, program_class
+from rag_app.sentences import STOPWORDS, looks_like_instruction, split_sentences, terms
 from rag_app.settings import Settings
-from rag_app.types import Citation, Passage, SearchFilters
+from rag_app.types import Passage, SearchFilters
 
 log = logging.getLogger("rag_app.answering")
 
 __all__ = [
+    "MIN_SENTENCE_WORDS",
     "NOT_FOUND_ANSWER",
+    "PROBE_TIMEOUT_S",
+    "PROBE_TTL_S",
+    "STOPWORDS",
     "ExtractiveAnswer",
     "GroundedAnswer",
     "GroundedOutput",
@@ -70,7 +87,9 @@ __all__ = [
     "lm_unavailable_reason",
     "load_saved_state",
     "looks_like_instruction",
+    "not_blank",
     "parse_citations",
+    "passage_citation",
     "passage_label",
     "probe_ollama",
     "resolve_lm",
@@ -78,470 +97,6 @@ __all__ = [
     "state_path",
     "terms",
 ]
-
-# LiteLLM fetches a model price list from the internet when it is first imported, retrying for
-# seconds when offline. This service runs offline by default, so use LiteLLM's bundled copy unless the
-# operator asked otherwise. (Only sets a default; nothing here reads the environment.)
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-#: Seconds an Ollama reachability probe result is reused for one host.
-PROBE_TTL_S = 30.0
-#: Timeout of the reachability probe (``GET /api/version``), capped by ``lm_timeout_s``.
-PROBE_TIMEOUT_S = 1.5
-_OLLAMA_PROVIDERS = {"ollama", "ollama_chat"}
-
-
-# ============================================================================================ the LM
-
-_LM_LOCK = threading.Lock()
-_LMS: dict[str, dspy.LM] = {}
-_CACHE_DIR: list[str] = []
-_PROBES: dict[str, tuple[float, str | None]] = {}
-
-
-def _lm_key(settings: Settings) -> str:
-    fields = (
-        "lm_model",
-        "lm_api_base",
-        "lm_api_key",
-        "lm_timeout_s",
-        "lm_retries",
-        "lm_temperature",
-        "lm_max_tokens",
-        "lm_cache",
-        "ollama_host",
-        "data_dir",
-    )
-    return repr([getattr(settings, f) for f in fields])
-
-
-def is_ollama_model(model: str | None) -> bool:
-    return bool(model) and model.split("/", 1)[0] in _OLLAMA_PROVIDERS  # type: ignore[union-attr]
-
-
-def build_lm(settings: Settings) -> dspy.LM | None:
-    """The ``dspy.LM`` described by settings (cached per LM configuration); ``None`` when no LM is set.
-
-    Always through LiteLLM (``engine="litellm"``): ``lm_model`` is documented as a LiteLLM model string,
-    and for ``ollama_chat/...`` that means Ollama's own ``/api/chat``. DSPy's response cache lives
-    under ``<data_dir>/cache/dspy`` when ``lm_cache`` is on (``dspy.configure_cache`` is process-wide;
-    the last data dir configured wins).
-    """
-    if not settings.lm_model:
-        return None
-    key = _lm_key(settings)
-    with _LM_LOCK:
-        lm = _LMS.get(key)
-        if lm is not None:
-            return lm
-        if settings.lm_cache:
-            cache_dir = str(settings.cache_dir / "dspy")
-            if [cache_dir] != _CACHE_DIR:
-                Path(cache_dir).mkdir(parents=True, exist_ok=True)
-                dspy.configure_cache(disk_cache_dir=cache_dir)
-                _CACHE_DIR[:] = [cache_dir]
-        kwargs: dict[str, Any] = {}
-        if settings.resolved_lm_api_base:
-            kwargs["api_base"] = settings.resolved_lm_api_base
-        if settings.lm_api_key:
-            kwargs["api_key"] = settings.lm_api_key
-        lm = dspy.LM(
-            settings.lm_model,
-            temperature=settings.lm_temperature,
-            max_tokens=settings.lm_max_tokens,
-            cache=settings.lm_cache,
-            num_retries=settings.lm_retries,
-            timeout=settings.lm_timeout_s,
-            engine="litellm",
-            **kwargs,
-        )
-        _LMS[key] = lm
-        return lm
-
-
-def probe_ollama(api_base: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
-    """``None`` when ``GET {api_base}/api/version`` answers, else why not. Cached per host for 30 s."""
-    import httpx
-
-    base = api_base.rstrip("/")
-    now = time.monotonic()
-    with _LM_LOCK:
-        cached = _PROBES.get(base)
-        if cached and now - cached[0] < PROBE_TTL_S:
-            return cached[1]
-    try:
-        response = httpx.get(f"{base}/api/version", timeout=timeout_s)
-        error = (
-            None if response.status_code == 200 else f"HTTP {response.status_code} from {base}/api/version"
-        )
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    with _LM_LOCK:
-        _PROBES[base] = (time.monotonic(), error)
-    return error
-
-
-def clear_lm_caches() -> None:
-    """Forget built LMs and probe results (tests; after changing an Ollama host)."""
-    with _LM_LOCK:
-        _LMS.clear()
-        _PROBES.clear()
-
-
-def lm_unavailable_reason(settings: Settings) -> str | None:
-    """Why the configured LM cannot be used right now (a note for ``Output.notes``), or ``None``."""
-    if not settings.lm_model:
-        return "no LM configured (lm_model is unset): extractive answer"
-    if is_ollama_model(settings.lm_model) and settings.resolved_lm_api_base:
-        error = probe_ollama(settings.resolved_lm_api_base, min(PROBE_TIMEOUT_S, settings.lm_timeout_s))
-        if error:
-            return (
-                f"LM unreachable: Ollama at {settings.resolved_lm_api_base} did not answer ({error}); "
-                "extractive answer"
-            )
-    return None
-
-
-def resolve_lm(settings: Settings, explicit: Any = None) -> tuple[Any, str | None]:
-    """``(lm, None)`` for the LM a call should use, or ``(None, note)`` saying why there is none."""
-    if explicit is not None:
-        return explicit, None
-    if dspy.settings.lm is not None:
-        return dspy.settings.lm, None
-    reason = lm_unavailable_reason(settings)
-    if reason:
-        return None, reason
-    return build_lm(settings), None
-
-
-# ============================================================================================ text
-
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’._-]*[A-Za-z0-9]|[A-Za-z0-9]")
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"”')\]]*\s+(?=[\"“(\[]?[A-Z0-9$£€])")
-_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
-_STOPWORD_TEXT = """
-    a about above after again against all also am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers how i if in into is it its itself just me more most much my no nor not now of
-    off on once only or other our ours out over own same she should so some such than that the their
-    theirs them then there these they this those through to too under until up very was we were what when
-    where which while who whom why will with would you your yours tell know want please get there's
-    what's it's i'm can't don't doesn't
-"""
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_INSTRUCTION_LIKE = re.compile(
-    r"\b(ignore|disregard|forget|override)\b[^.!?\n]{0,60}\b(instructions?|prompts?|rules|guidelines|"
-    r"context|above|previous|prior)\b"
-    r"|\bsystem prompt\b"
-    r"|\byou are now\b"
-    r"|\b(reply|respond|answer|output)\s+(only\s+)?(with|by saying)\b",
-    re.IGNORECASE,
-)
-
-
-def _stem(word: str) -> str:
-    """A light, deterministic suffix stripper, enough to match launch/launched/launches and
-    price/priced/pricing (both sides of a comparison go through it, so consistency is what counts)."""
-    word = word.lower().strip("'’.-_")
-    for suffix in ("'s", "’s"):
-        if word.endswith(suffix):
-            word = word[: -len(suffix)]
-    if not word.isalpha() or len(word) <= 3:
-        return word
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        word = word[:-1]
-    for suffix in ("ing", "ed"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            word = word[: -len(suffix)]
-            if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "lsz":
-                word = word[:-1]  # shipped -> ship, planned -> plan
-            elif suffix == "ed" and word.endswith("i"):
-                word = word[:-1] + "y"  # implied -> imply
-            break
-    if len(word) > 4 and word.endswith("e"):
-        word = word[:-1]
-    return word
-
-
-def terms(text: str) -> list[str]:
-    """Lower-cased, lightly stemmed content words (stop words dropped), in order."""
-    out = []
-    for match in _WORD.finditer(text):
-        raw = match.group(0).lower()
-        if raw in STOPWORDS:
-            continue
-        stem = _stem(raw)
-        if stem and stem not in STOPWORDS:
-            out.append(stem)
-    return out
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a passage: per line (bullets unwrapped, headings and blank lines dropped), then at
-    sentence ends. Markdown emphasis markers are removed."""
-    sentences: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or line.startswith("```") or set(line) <= set("-=|: "):
-            continue
-        line = _BULLET.sub("", line).replace("**", "").replace("__", "")
-        for piece in _SENTENCE_BREAK.split(line):
-            piece = piece.strip()
-            if len(piece) >= 3 and _WORD.search(piece):
-                sentences.append(piece)
-    return sentences
-
-
-def looks_like_instruction(sentence: str) -> bool:
-    """True for text addressed to an assistant ("ignore previous instructions", "reply with ...").
-
-    Such sentences are commands planted in a document, not facts about it: the extractive answer never
-    quotes them.
-    """
-    return bool(_INSTRUCTION_LIKE.search(sentence))
-
-
-def _sanitize(text: str) -> str:
-    """Passage text made safe to put between the prompt's delimiters."""
-    text = text.replace("«", '"').replace("»", '"')
-    return re.sub(r"\[\[\s*##", "[ ##", text)
-
-
-def passage_label(passage: Passage) -> str:
-    """``Title > Heading | date | TICKERS`` for a passage's block header."""
-    parts = [passage.title.strip()] if passage.title.strip() else []
-    parts += [h for h in passage.heading_path if h.strip() and h.strip() != passage.title.strip()]
-    label = " > ".join(parts) or passage.doc_id
-    date = passage.metadata.get("date")
-    tickers = passage.metadata.get("tickers") or []
-    extra = [str(date)] if date else []
-    if tickers:
-        extra.append(", ".join(tickers))
-    return " | ".join([label, *extra])
-
-
-def format_passages(passages: Sequence[Passage], numbers: Sequence[int] | None = None) -> str:
-    """Passages as numbered, delimited data blocks: ``[n] (title > heading | date) «text»``."""
-    numbers = list(numbers) if numbers is not None else list(range(1, len(passages) + 1))
-    blocks = [
-        f"[{n}] ({_sanitize(passage_label(p))}) «{_sanitize(p.text.strip())}»"
-        for n, p in zip(numbers, passages, strict=True)
-    ]
-    return "\n\n".join(blocks) if blocks else "(no passages)"
-
-
-# ======================================================================================= extractive
-
-
-#: Sentences with fewer words ("No.", "Yes.") are never quoted on their own.
-MIN_SENTENCE_WORDS = 3
-
-
-class ExtractiveAnswer(NamedTuple):
-    answer: str
-    citations: list[Citation]
-    skipped_instructions: int = 0
-    sentences: tuple[str, ...] = ()
-
-
-def _idf(sentence_terms: Sequence[set[str]]) -> Callable[[str], float]:
-    total = len(sentence_terms) or 1
-    df: dict[str, int] = {}
-    for ts in sentence_terms:
-        for t in ts:
-            df[t] = df.get(t, 0) + 1
-    return lambda t: math.log(1.0 + total / (1 + df.get(t, 0)))
-
-
-def cite_sentence(sentence: str, n: int | Iterable[int]) -> str:
-    marks = "".join(f"[{i}]" for i in ([n] if isinstance(n, int) else n))
-    sentence = sentence.rstrip()
-    if sentence and sentence[-1] in ".!?":
-        return f"{sentence[:-1]} {marks}{sentence[-1]}"
-    return f"{sentence} {marks}"
-
-
-def _citation(n: int, passage: Passage, quote: str) -> Citation:
-    return Citation(
-        index=n,
-        passage_id=passage.id,
-        doc_id=passage.doc_id,
-        title=passage.title,
-        source=passage.source,
-        quote=quote,
-    )
-
-
-def extractive_answer(
-    question: str,
-    passages: Sequence[Passage],
-    max_sentences: int = 3,
-    *,
-    numbers: Sequence[int] | None = None,
-    exclude: Callable[[str], bool] | None = None,
-    min_coverage: float = 0.2,
-) -> ExtractiveAnswer:
-    """The best question-matching sentences of ``passages``, each followed by its ``[n]`` marker.
-
-    Deterministic. A sentence scores the idf-weighted sum of the question's content words it contains
-    (idf over all candidate sentences, so words every sentence shares count little); title and heading
-    words of its passage add a quarter weight. Sentences matching less than ``min_coverage`` of the
-    question's total weight are not answers, nor are sentences whose only matches are words of their
-    passage's title or headings (they restate the topic: "Sage ..." on the Sage page) unless the question
-    has no other words; with none left the answer is :data:`NOT_FOUND_ANSWER`.
-    Ties go to the earlier passage, then the earlier sentence. Sentences that read as instructions
-    (:func:`looks_like_instruction`) or that ``exclude`` rejects are never used. ``numbers`` gives each
-    passage's citation number (default 1..n). Selected sentences are shown best first.
-    """
-    numbers = list(numbers) if numbers is not None else list(range(1, len(passages) + 1))
-    q_terms = set(terms(question))
-    candidates: list[tuple[int, int, str, set[str], set[str]]] = []  # (pi, si, sentence, terms, context)
-    skipped = 0
-    for pi, passage in enumerate(passages):
-        context = set(terms(" ".join([passage.title, *passage.heading_path])))
-        for si, sentence in enumerate(split_sentences(passage.text)):
-            if len(_WORD.findall(sentence)) < MIN_SENTENCE_WORDS:
-                continue
-            if looks_like_instruction(sentence):
-                skipped += 1
-                continue
-            if exclude is not None and exclude(sentence):
-                continue
-            candidates.append((pi, si, sentence, set(terms(sentence)), context))
-    if not q_terms or not candidates:
-        return ExtractiveAnswer(NOT_FOUND_ANSWER, [], skipped)
-    idf = _idf([c[3] for c in candidates])
-    total = sum(idf(t) for t in q_terms)
-    scored: list[tuple[float, int, int, str]] = []
-    for pi, si, sentence, s_terms, context in candidates:
-        hit = q_terms & s_terms
-        if not hit or (q_terms - context and not hit - context):
-            continue
-        own = sum(idf(t) for t in hit)
-        if own < min_coverage * total:
-            continue
-        bonus = 0.25 * sum(idf(t) for t in (q_terms & context) - hit)
-        scored.append((own + bonus, pi, si, sentence))
-    if not scored:
-        return ExtractiveAnswer(NOT_FOUND_ANSWER, [], skipped)
-    scored.sort(key=lambda x: (-x[0], x[1], x[2]))
-    chosen: list[tuple[int, str]] = []
-    seen: set[str] = set()
-    for _, pi, _, sentence in scored:
-        key = " ".join(sentence.lower().split())
-        if key in seen:
-            continue
-        seen.add(key)
-        chosen.append((pi, sentence))
-        if len(chosen) >= max_sentences:
-            break
-    quotes: dict[int, list[str]] = {}
-    for pi, sentence in chosen:
-        quotes.setdefault(pi, []).append(sentence)
-    answer = " ".join(cite_sentence(sentence, numbers[pi]) for pi, sentence in chosen)
-    citations = sorted(
-        (_citation(numbers[pi], passages[pi], " ".join(qs)) for pi, qs in quotes.items()),
-        key=lambda c: c.index,
-    )
-    return ExtractiveAnswer(answer, citations, skipped, tuple(sentence for _, sentence in chosen))
-
-
-def best_sentence(query: str, passage: Passage, exclude: Callable[[str], bool] | None = None) -> str:
-    """The sentence of ``passage`` that best matches ``query`` (its first usable sentence if none does)."""
-    result = extractive_answer(query, [passage], 1, numbers=[1], exclude=exclude, min_coverage=0.0)
-    if result.citations:
-        return result.citations[0].quote
-    usable = [
-        s
-        for s in split_sentences(passage.text)
-        if len(_WORD.findall(s)) >= MIN_SENTENCE_WORDS
-        and not looks_like_instruction(s)
-        and not (exclude and exclude(s))
-    ]
-    return usable[0] if usable else ""
-
-
-# ======================================================================================== grounding
-
-_CITE = re.compile(r"\[\s*(?:(?:passage|source)\s*)?(\d+(?:\s*(?:,|;|and)\s*\d+)*)\s*\]", re.IGNORECASE)
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
-
-
-def parse_citations(text: str) -> list[int]:
-    """Passage numbers cited as ``[n]``, ``[n, m]``, ``[n][m]`` or ``[Passage n]``, in order, repeats kept."""
-    return [int(n) for match in _CITE.finditer(text) for n in re.findall(r"\d+", match.group(1))]
-
-
-@dataclass
-class Grounding:
-    """An answer after the citation check."""
-
-    answer: str
-    citations: list[Citation] = field(default_factory=list)
-    dropped: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def not_found(self) -> bool:
-        return is_not_found(self.answer)
-
-
-def _quote_for(answer: str, n: int, passage: Passage) -> str:
-    """The passage sentence best supporting the answer sentences that cite ``[n]``."""
-    claim = " ".join(s for s in re.split(r"(?<=[.!?])\s+", answer) if re.search(rf"\[{n}\]", s)) or answer
-    return best_sentence(_CITE.sub(" ", claim), passage)
-
-
-def ground_answer(
-    text: str,
-    passages: Sequence[Passage],
-    *,
-    allowed: Collection[int] | None = None,
-    require_citations: bool = True,
-) -> Grounding:
-    """Keep only citations of passages actually passed in; no valid citation -> not found.
-
-    Passage ``[n]`` is ``passages[n - 1]``; ``allowed`` narrows the numbers an answer may cite (default
-    all of 1..len(passages)). Markers naming anything else are removed from the text and counted.
-    """
-    allowed_set = set(allowed) if allowed is not None else set(range(1, len(passages) + 1))
-    allowed_set &= set(range(1, len(passages) + 1))
-    text = (text or "").strip()
-    dropped_numbers: list[int] = []
-
-    def rewrite(match: re.Match[str]) -> str:
-        kept = []
-        for raw in re.findall(r"\d+", match.group(1)):
-            n = int(raw)
-            if n in allowed_set:
-                kept.append(n)
-            else:
-                dropped_numbers.append(n)
-        return "".join(f"[{n}]" for n in kept)
-
-    cleaned = _CITE.sub(rewrite, text)
-    cleaned = _SPACE_BEFORE_PUNCT.sub(r"\1", re.sub(r"[ \t]{2,}", " ", cleaned)).strip()
-    notes: list[str] = []
-    if dropped_numbers:
-        shown = ", ".join(f"[{n}]" for n in sorted(set(dropped_numbers)))
-        notes.append(
-            f"dropped {len(dropped_numbers)} citation(s) naming passages that were not provided: {shown}"
-        )
-    if not cleaned or is_not_found(cleaned) or is_not_found(_CITE.sub("", cleaned)):
-        return Grounding(NOT_FOUND_ANSWER, [], len(dropped_numbers), notes)
-    order: list[int] = []
-    for n in parse_citations(cleaned):
-        if n not in order:
-            order.append(n)
-    if not order and require_citations:
-        notes.append(
-            "the answer cited none of the passages it was given, so it was replaced by the not-found answer"
-        )
-        return Grounding(NOT_FOUND_ANSWER, [], len(dropped_numbers), notes)
-    citations = [_citation(n, passages[n - 1], _quote_for(cleaned, n, passages[n - 1])) for n in order]
-    return Grounding(cleaned, citations, len(dropped_numbers), notes)
 
 
 # ============================================================================================ states
@@ -577,6 +132,16 @@ class GroundedOutput(ProgramOutput):
     reranked: bool = Field(False, description="False when the reranker was unavailable (retrieval order).")
 
 
+def not_blank(value: str, info: ValidationInfo) -> str:
+    """A field validator for program inputs: text that is only white space is an error ("query is blank").
+
+    Use as ``_not_blank = field_validator("query")(not_blank)``.
+    """
+    if not value.strip():
+        raise ValueError(f"{info.field_name} is blank")
+    return value
+
+
 class GroundedAnswer(dspy.Signature):
     """Answer the question using only the numbered passages, citing them inline.
 
@@ -602,11 +167,17 @@ class GroundedProgram(SiteProgram):
     """Base of the site programs: typed ``run``, DSPy ``forward``, LM resolution, retrieval, grounding.
 
     Subclasses set ``site``, ``name``, ``Input``, ``Output`` (a :class:`GroundedOutput`) and optional
-    ``collection``, create their predictors in :meth:`build`, and implement :meth:`execute`.
+    ``collection``, ``question_field`` and ``filter_fields``, create their predictors in :meth:`build`,
+    and implement :meth:`execute`.
     """
 
     collection: ClassVar[str | None] = None
     Output: ClassVar[type[GroundedOutput]] = GroundedOutput
+    #: The ``Input`` field that :meth:`input_from_question` fills with the free-text question.
+    question_field: ClassVar[str] = "question"
+    #: Keys of a ``filters`` dict (:class:`SearchFilters`) that ``Input`` takes as fields of the same
+    #: name; :meth:`input_from_question` drops the other filters.
+    filter_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Settings, *, lm: Any = None, pipeline: Any = None) -> None:
         """``lm``: use this LM for every call (e.g. ``DummyLM``). ``pipeline``: a ``RetrieveThenRerank``
@@ -628,8 +199,11 @@ class GroundedProgram(SiteProgram):
     def input_from_question(
         cls, question: str, history: list[dict[str, str]] | None = None, **extra: Any
     ) -> BaseModel:
-        """Map a free-text question (the CLI's ``ask``) to ``Input``."""
-        return cls.Input.model_validate({"question": question, **extra})
+        """Map a free-text question (the CLI's ``ask``) to ``Input``: the question fills
+        ``question_field``, the set ``filter_fields`` of a ``filters`` dict and ``extra`` the other fields."""
+        filters = extra.pop("filters", None) or {}
+        payload = {key: filters[key] for key in cls.filter_fields if filters.get(key)}
+        return cls.Input.model_validate({cls.question_field: question, **payload, **extra})
 
     # ------------------------------------------------------------------------ the two entry points
     def run(self, inputs: BaseModel) -> GroundedOutput:

@@ -6,20 +6,27 @@ stderr and exit non-zero; nothing here holds logic worth testing apart from the 
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from rag_app.errors import RagError
-from rag_app.settings import Settings
+from rag_app.cli_common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    SiteOpt,
+    console,
+    err_console,
+    handle_errors,
+    load_settings,
+    note,
+    print_json,
+    print_report_files,
+)
 
 app = typer.Typer(
     help="Grounded-answer RAG: LanceDB top-20 retrieval, bge rerank to 5, DSPy site programs.",
@@ -32,63 +39,6 @@ models_app = typer.Typer(
 eval_app = typer.Typer(help="Measure retrieval and answers.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
-
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./rag.toml).")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (RAG_DATA_DIR).")]
-SiteOpt = Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-def _quiet_libraries() -> None:
-    """Model loading prints progress bars per weight file; the CLI shows its own progress instead."""
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def handle_errors(func: F) -> F:
-    """Turn expected failures into one clear line on stderr and a non-zero exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _quiet_libraries()
-        try:
-            return func(*args, **kwargs)
-        except RagError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            err_console.print(
-                f"[red]error:[/red] invalid setting {where}: {first.get('msg')}", soft_wrap=True
-            )
-            raise typer.Exit(2) from None
-        except FileNotFoundError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    return Settings.load(config, **overrides)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
-
 
 # ------------------------------------------------------------------------------------- ingest
 
@@ -132,7 +82,7 @@ def ingest(
         progress=sys.stderr.isatty(),
     )
     for skipped in report.skipped:
-        err_console.print(f"[yellow]skipped:[/yellow] {skipped}", soft_wrap=True)
+        note(f"skipped {skipped}")
     console.print(report.summary(), highlight=False)
 
 
@@ -201,7 +151,7 @@ def search(
             filters=filters,
         )
         if as_json or queries is not None:
-            _print_json(result)
+            print_json(result)
         else:
             _print_passages(result)
 
@@ -222,8 +172,8 @@ def _print_passages(result: dict[str, Any]) -> None:
             scores = f"rerank {p['rerank_score']:.3f} (rel {p['relevance']:.3f})\n" + scores
         table.add_row(str(i), scores, f"{p['doc_id']}\n{p['title']}", p["text"][:400])
     console.print(table)
-    for note in result.get("notes", []):
-        err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    for text in result.get("notes", []):
+        note(text)
 
 
 # -------------------------------------------------------------------------------------- stats
@@ -241,7 +191,7 @@ def stats(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOp
     store = VectorStore(settings)
     infos = [info for site, cols in settings.sites.items() for c in cols if (info := store.info(site, c))]
     if as_json:
-        _print_json([asdict(i) for i in infos])
+        print_json([asdict(i) for i in infos])
         return
     table = Table(title=f"LanceDB at {settings.db_dir}")
     for col in ("site", "collection", "rows", "documents", "embedder", "dim", "version", "indexes"):
@@ -272,7 +222,7 @@ def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonO
     settings = load_settings(config, data_dir=data_dir)
     checks = run_checks(settings)
     if as_json:
-        _print_json(checks)
+        print_json(checks)
         return
     table = Table(title="rag-app doctor")
     for col in ("component", "status", "detail"):
@@ -355,13 +305,12 @@ def eval_retrieval(
         progress=sys.stderr.isatty(),
     )
     if as_json:
-        _print_json(result.json_payload())
+        print_json(result.json_payload())
         return
     console.print(result.table(), highlight=False)
-    for note in result.notes:
-        err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
-    if result.report_files:
-        console.print("report: " + ", ".join(str(p) for p in result.report_files.values()), highlight=False)
+    for text in result.notes:
+        note(text)
+    print_report_files(result.report_files)
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -384,7 +333,7 @@ def demo(
         console.print(report.summary(), highlight=False)
     reranker = get_reranker(settings)
     console.rule("models")
-    console.print(f"reranker: {reranker.describe()}", highlight=False, soft_wrap=True)
+    console.print(f"reranker: {reranker.describe()}", highlight=False, markup=False, soft_wrap=True)
     if not reranker.available:
         console.print(
             "[yellow]reranker weights are not on this machine: results keep the hybrid retrieval "
@@ -396,13 +345,13 @@ def demo(
 
 
 def _print_answer(question: str, out: Any, skip_notes: tuple[str, ...] = ()) -> None:
-    console.print(f"[bold]Q:[/bold] {question}", highlight=False)
-    console.print(f"[bold]A[/bold] ({out.mode}): {out.answer}", highlight=False, soft_wrap=True)
+    console.print(f"Q: {question}", highlight=False, markup=False)
+    console.print(f"A ({out.mode}): {out.answer}", highlight=False, markup=False, soft_wrap=True)
     for c in out.citations:
         console.print(f"  [{c.index}] {c.title} ({c.doc_id})", highlight=False, markup=False)
-    for note in out.notes:
-        if not note.startswith(skip_notes):
-            console.print(f"  [yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    for text in out.notes:
+        if not text.startswith(skip_notes):
+            note(text)
 
 
 # ---------------------------------------------------------------------------------------- ask
@@ -447,7 +396,7 @@ def ask(
         extra["filters"] = filters
     out = run_ask(settings, site, program, question, history=_read_history(history), **extra)
     if as_json:
-        _print_json(out.model_dump(mode="json"))
+        print_json(out.model_dump(mode="json"))
         return
     _print_answer(question, out)
     console.rule("passages")
@@ -527,7 +476,7 @@ def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: Js
 
     keys = list_keys(load_settings(config, data_dir=data_dir))
     if as_json:
-        _print_json([{"name": k.name, "sites": list(k.sites), "created_at": k.created_at} for k in keys])
+        print_json([{"name": k.name, "sites": list(k.sites), "created_at": k.created_at} for k in keys])
         return
     for k in keys:
         console.print(f"{k.name}\tsites={','.join(k.sites)}\tcreated={k.created_at}", highlight=False)

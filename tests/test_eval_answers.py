@@ -4,7 +4,6 @@ DummyLM judge), row selection and input mapping, and ``rag-app eval answers`` on
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,6 @@ from rag_app.evaluation.datasets import EvalExample, dataset_hash, load_eval_jso
 from rag_app.programs import program_class
 from rag_app.settings import Settings
 from rag_app.types import Citation, Passage
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_optimize import builddaily_index
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "data" / "eval"
@@ -208,9 +204,9 @@ def test_strip_citations_and_answer_metrics() -> None:
 
 
 def test_cli_eval_answers_on_the_real_index(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample_index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    index_dir = builddaily_index(tmp_path_factory)
+    index_dir = sample_index_dir
     monkeypatch.chdir(tmp_path)
     for key, value in {
         "RAG_PROGRAMS_DIR": str(REPO / "programs"),

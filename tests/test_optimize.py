@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from rag_app.cli_optimize import register
 from rag_app.errors import InputError, ServiceUnavailableError
 from rag_app.evaluation.answers import evaluate_answers
 from rag_app.evaluation.datasets import EvalExample, load_eval_jsonl
-from rag_app.ingest import ingest_paths
 from rag_app.optimize import (
     BOOTSTRAP_THRESHOLD,
     StateNotOverwrittenError,
@@ -49,9 +47,8 @@ from rag_app.programs import program_class
 from rag_app.retrieve import LanceDBRetriever
 from rag_app.settings import Settings
 from rag_app.types import Citation
-
-sys.path.insert(0, str(Path(__file__).parent))
-from ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
+from tests.conftest import make_test_settings
+from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -61,38 +58,12 @@ EVAL = DATA / "eval"
 # ======================================================================================== fixtures
 
 
-def builddaily_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The builddaily/resources index, built once per session (shared by both test files)."""
-    data_dir = tmp_path_factory.getbasetemp() / "shared-builddaily-index"
-    done = data_dir / ".built"
-    if not done.is_file():
-        shutil.rmtree(data_dir, ignore_errors=True)
-        settings = make_settings(data_dir, REPO / "programs")
-        report = ingest_paths(
-            settings, "builddaily", "resources", [DATA / "builddaily" / "resources"], progress=False
-        )
-        assert report.chunks_written > 0, report.summary()
-        done.write_text("ok")
-    return data_dir
-
-
-def make_settings(data_dir: Path, programs_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "programs_dir": programs_dir,
-        "embedder_precision": "float32",
-        "lm_model": None,
-        "lm_cache": False,
-        "reranker_model": str(data_dir / "no-such-reranker"),
-        "reranker_on_missing": "fallback",
-    }
-    values.update(overrides)
-    return Settings(**values)
+make_settings = make_test_settings
 
 
 @pytest.fixture(scope="session")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return builddaily_index(tmp_path_factory)
+def index_dir(sample_index_dir: Path) -> Path:
+    return sample_index_dir
 
 
 @pytest.fixture

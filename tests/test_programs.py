@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,11 @@ from dspy.utils import DummyLM
 from rag_app import answering
 from rag_app.answering import NOT_FOUND_ANSWER, ask, state_path
 from rag_app.errors import InputError
-from rag_app.ingest import ingest_paths
 from rag_app.programs import program_class, site_module
 from rag_app.settings import Settings
-
-sys.path.insert(0, str(Path(__file__).parent))
-from ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
-from tiny_models import build_tiny_cross_encoder
+from tests.conftest import make_test_settings
+from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
+from tests.tiny_models import build_tiny_cross_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -45,30 +42,12 @@ ARRIVAL_HISTORY = [
 ]
 
 
-def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "programs_dir": REPO / "programs",
-        "embedder_precision": "float32",  # one query embeds ~6x faster than bf16 on a busy 2-core box
-        "lm_model": None,
-        "lm_cache": False,
-        "reranker_model": str(data_dir / "no-such-reranker"),
-        "reranker_on_missing": "fallback",
-    }
-    values.update(overrides)
-    return Settings(**values)
+make_settings = make_test_settings
 
 
 @pytest.fixture(scope="session")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All four sample collections, ingested once into a temporary data dir."""
-    data_dir = tmp_path_factory.mktemp("programs-index")
-    settings = make_settings(data_dir)
-    for site, collections in settings.sites.items():
-        for collection in collections:
-            report = ingest_paths(settings, site, collection, [DATA / site / collection], progress=False)
-            assert report.chunks_written > 0, report.summary()
-    return data_dir
+def index_dir(sample_index_dir: Path) -> Path:
+    return sample_index_dir
 
 
 @pytest.fixture(scope="session")

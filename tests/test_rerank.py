@@ -13,7 +13,6 @@ from pathlib import Path
 import dspy
 import numpy as np
 import pytest
-from tiny_models import build_tiny_cross_encoder
 
 from rag_app import rerank as rr
 from rag_app.errors import ModelNotAvailableError, RagError
@@ -31,6 +30,7 @@ from rag_app.rerank import (
 from rag_app.rerank_backends import resolve_backend
 from rag_app.settings import Settings
 from rag_app.types import Passage
+from tests.tiny_models import build_tiny_cross_encoder
 
 QUERY = "how do plants turn sunlight into chemical energy"
 TEXTS = [

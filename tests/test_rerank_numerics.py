@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
-from tiny_models import build_minilm_cross_encoder
 
 from rag_app.rerank import CrossEncoderReranker
 from rag_app.rerank_backends import available_backends
+from tests.tiny_models import build_minilm_cross_encoder
 
 QUERIES = [
     "What is the capital of France and what is it known for?",

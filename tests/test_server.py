@@ -21,14 +21,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
 
 from rag_app import answering
 from rag_app.ingest import ingest_paths
 from rag_app.server.app import create_app
 from rag_app.server.logging import JsonFormatter
 from rag_app.settings import Settings
+from tests.live_server import LiveServer
+from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = REPO_ROOT / "data" / "builddaily" / "resources"
@@ -37,45 +37,6 @@ pytestmark = pytest.mark.timeout(300)
 
 
 # ============================================================================================ helpers
-
-
-class LiveServer:
-    """The app under a real uvicorn server on 127.0.0.1 (free port), in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=3,
-        )
-        self.app = app
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
-        self.url = ""
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        limit = time.monotonic() + 180
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the server failed to start (see the log)")
-            if time.monotonic() > limit:
-                raise TimeoutError("the server did not start within 180 s")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
 
 def parse_sse(text: str) -> list[tuple[str, Any]]:

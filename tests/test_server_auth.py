@@ -14,14 +14,11 @@ import json
 import logging
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from rag_app.errors import InputError
 from rag_app.ingest import ingest_paths
@@ -29,42 +26,13 @@ from rag_app.server import add_key, create_app, list_keys, revoke_key, serve
 from rag_app.server.auth import AuthError, KeyChecker
 from rag_app.server.run import SETTINGS_ENV, app_from_env, check_bind, is_loopback
 from rag_app.settings import Settings
+from tests.live_server import LiveServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = REPO_ROOT / "data" / "builddaily" / "resources"
 PAGES = [RESOURCES / "guides" / "api-keys.md", RESOURCES / "guides" / "sso.md", RESOURCES / "pricing.md"]
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class LiveServer:
-    """The app under a real uvicorn server on 127.0.0.1 (free port), in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_config=None, access_log=False, timeout_graceful_shutdown=3
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn-auth", daemon=True)
-        self.url = ""
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        limit = time.monotonic() + 180
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the server failed to start (see the log)")
-            assert time.monotonic() < limit, "the server did not start within 180 s"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
 
 
 def make_settings(root: Path) -> Settings:

@@ -295,7 +295,8 @@ def evaluate_answers(
     """
     from tqdm.auto import tqdm
 
-    from rag_app.answering import format_passages, resolve_lm
+    from rag_app.grounding import format_passages
+    from rag_app.lm import resolve_lm
     from rag_app.programs import program_class
     from rag_app.retrieve import load_retrieval_config
 

@@ -286,7 +286,7 @@ class ServerState:
                 "note": "no LM configured (lm_model unset)",
             }
             return self.checks["lm"]
-        from rag_app.answering import lm_unavailable_reason
+        from rag_app.lm import lm_unavailable_reason
 
         reason = lm_unavailable_reason(self.settings)
         self.checks["lm"] = {"ok": reason is None, "mode": "lm", "model": self.settings.lm_model}
