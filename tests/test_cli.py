@@ -214,3 +214,41 @@ def test_demo_and_ask_on_the_sample_index(sample_index_dir: Path, tmp_path: Path
     assert {"answer", "citations", "passages", "mode", "timings"} <= set(out)
     assert out["mode"] == "extractive" and out["citations"]
     assert all(c["doc_id"] != "sage-daily" for c in out["citations"])
+
+
+def _tiny_beir(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    docs = {
+        "d1": ("Tower card", "The Tower card means sudden upheaval and revelation."),
+        "d2": ("Saturn return", "Saturn returns to its natal place around age twenty-nine."),
+        "d3": ("Nvidia earnings", "Nvidia beat estimates and the stock gapped up then faded."),
+    }
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, (t, x) in docs.items())
+    )
+    queries = {"q1": "sudden upheaval card", "q2": "Saturn return age", "q3": "earnings gap and fade"}
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items())
+    )
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    return root
+
+
+def test_eval_retrieval_json_shapes_and_report(tmp_path: Path) -> None:
+    from tests.tiny_models import build_tiny_cross_encoder
+
+    beir = _tiny_beir(tmp_path / "tiny-beir")
+    base = ["eval", "retrieval", "--beir", str(beir), "--data-dir", str(tmp_path / "rag"), "--k", "3"]
+    plain = runner.invoke(app, [*base, "--mode", "hybrid", "--json"])
+    assert plain.exit_code == 0, plain.output
+    assert set(json.loads(plain.stdout)) == {"recall@5", "recall@20", "mrr@5", "ndcg@10"}
+    model = build_tiny_cross_encoder(tmp_path / "tiny-ce")
+    reranked = runner.invoke(app, [*base, "--mode", "vector", "--json", "--rerank", "--reranker", str(model)])
+    assert reranked.exit_code == 0, reranked.output
+    payload = json.loads(reranked.stdout)
+    assert set(payload) == {"retrieval", "reranked"}
+    assert set(payload["retrieval"]) == set(payload["reranked"]) == {"recall@5", "mrr@5", "ndcg@10"}
+    report = runner.invoke(app, [*base, "--report-dir", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert {"vector", "fts", "hybrid"} <= set(report.stdout.split())
+    assert {p.name for p in (tmp_path / "report").iterdir()} >= {"report.json", "report.md", "report.png"}
