@@ -381,6 +381,7 @@ class ChatBridge(GroundedProgram):
                 f"from {', '.join(wanted)}"
             )
         passages = guarded[: self.settings.rerank_top_n]
+        self.emit_passages(passages)  # a streamed request sends them before the LM answers
         grounded, mode = self.answer(
             self.respond,
             question,

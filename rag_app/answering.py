@@ -16,17 +16,26 @@ falls back to an extractive answer the same way:
 loaded from ``programs/<site>/<program>.json`` (:func:`state_path`) when present and named in
 ``Output.state``.
 
+Streaming: when :data:`answer_events` holds an :class:`AnswerEvents` sink (the server sets one for a
+streamed chat request), a program reports its passages as soon as retrieval and reranking are done
+(:meth:`GroundedProgram.emit_passages`) and :meth:`GroundedProgram.answer` runs the LM call inside the
+sink's :meth:`AnswerEvents.lm_stream`, which may forward the answer's text deltas. The deltas are the
+LM's raw text: grounding still runs afterwards and may drop citations or replace the answer, so the
+returned output (``answer``) is authoritative. Without a sink nothing changes.
+
 The LM, grounding, extractive and sentence helpers used to live here; they are re-exported, so
 ``from rag_app.answering import ...`` keeps working for them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,11 +77,13 @@ __all__ = [
     "PROBE_TIMEOUT_S",
     "PROBE_TTL_S",
     "STOPWORDS",
+    "AnswerEvents",
     "ExtractiveAnswer",
     "GroundedAnswer",
     "GroundedOutput",
     "GroundedProgram",
     "Grounding",
+    "answer_events",
     "ask",
     "best_sentence",
     "build_lm",
@@ -120,6 +131,31 @@ def load_saved_state(module: dspy.Module, path: Path) -> str | None:
         ) from exc
     log.info("loaded optimized program state %s", path)
     return str(path)
+
+
+# ========================================================================================= streaming
+
+
+class AnswerEvents:
+    """A per-request sink for what a program produces before it returns (see the module docstring).
+
+    The base class ignores everything; the server's SSE sink overrides the methods. Methods are called
+    from the program's worker thread and must not block for long.
+    """
+
+    def passages(self, passages: Sequence[Passage]) -> None:
+        """The passages the answer will be grounded in, right after retrieval and reranking."""
+
+    @contextlib.contextmanager
+    def lm_stream(self, predictor: Any, output_field: str) -> Iterator[None]:
+        """Wraps the LM call of ``predictor``; may stream ``output_field``'s text while it runs."""
+        yield
+
+
+#: The sink of the current request, or ``None`` (the default: no streaming, plain ``run``).
+answer_events: contextvars.ContextVar[AnswerEvents | None] = contextvars.ContextVar(
+    "rag_answer_events", default=None
+)
 
 
 # ===================================================================================== the base class
@@ -234,6 +270,12 @@ class GroundedProgram(SiteProgram):
 
         return pipeline_for(self.settings, self.site, collection)
 
+    def emit_passages(self, passages: Sequence[Passage]) -> None:
+        """Report the passages to the request's :data:`answer_events` sink, if there is one."""
+        sink = answer_events.get()
+        if sink is not None:
+            sink.passages(list(passages))
+
     def lm(self) -> tuple[Any, str | None]:
         """The LM for this call, or ``(None, why not)``."""
         return resolve_lm(self.settings, self._explicit_lm)
@@ -310,7 +352,9 @@ class GroundedProgram(SiteProgram):
             if lm is not None:
                 try:
                     call_inputs = inputs or {"question": question, "passages": format_passages(passages)}
-                    with dspy.context(lm=lm):
+                    sink = answer_events.get()
+                    stream = sink.lm_stream(predictor, output_field) if sink else contextlib.nullcontext()
+                    with dspy.context(lm=lm), stream:
                         pred = predictor(**call_inputs)
                     grounded = ground_answer(
                         str(getattr(pred, output_field) or ""), passages, allowed=allowed

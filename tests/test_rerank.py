@@ -465,3 +465,28 @@ def test_rerank_module(reranker: CrossEncoderReranker) -> None:
     assert all(p.retrieval_score == 0.5 for p in ranked)
     # A DSPy deep copy of a program shares the reranker instead of copying the model.
     assert module.deepcopy().reranker is reranker
+
+
+def test_first_token_last_layer_is_exact_and_only_where_it_applies(tiny_path: Path) -> None:
+    """The last layer computes position 0 only (what the head reads): same logits, less work."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rag_app.rerank_backends import first_token_last_layer
+
+    full = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
+    fast = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
+    assert first_token_last_layer(fast) is True
+    assert type(fast.base_model.encoder.layer[-1]).__name__ == "FirstTokenLayer"
+    ids = torch.randint(5, 1000, (6, 40))
+    mask = torch.ones_like(ids)
+    mask[2, 25:] = 0  # padding must be respected in the shortened layer too
+    with torch.inference_mode():
+        want = full(input_ids=ids, attention_mask=mask).logits
+        got = fast(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
+
+    class NotAnEncoder(torch.nn.Module):
+        config = type("Config", (), {"model_type": "gpt2"})()
+
+    assert first_token_last_layer(NotAnEncoder()) is False

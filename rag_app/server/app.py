@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag_app.answering import answer_events
 from rag_app.errors import (
     EmbedderMismatchError,
     InputError,
@@ -57,6 +58,8 @@ from rag_app.server.schemas import (
     SearchResponse,
 )
 from rag_app.server.state import RequestScope, ServerState, request_scope_var
+from rag_app.server.streaming import END as STREAM_END
+from rag_app.server.streaming import SSEEventSink
 from rag_app.settings import Settings
 
 log = logging.getLogger("rag_app.server")
@@ -551,6 +554,17 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         summary="Answer the last user message of a conversation (JSON, or SSE with stream=true)",
     )
     async def chat_bridge(body: ChatRequest, request: Request) -> Response:
+        """Answer the last user message, grounded in the site's passages, with inline [n] citations.
+
+        With `stream: true` the answer comes as Server-Sent Events: `passages` (as soon as retrieval and
+        reranking finish), then `token` events (the LM's answer text as it is written; in extractive
+        mode the whole answer in one event), then `done` with `answer`, `citations`, `mode`, `timings`,
+        `notes` and `request_id`. Grounding runs after the LM and may drop invalid citations or replace
+        the answer with "Not found in the sources.", so `done.answer` is authoritative: render tokens
+        live, then replace them with `done.answer`. Errors before the stream opens keep their HTTP
+        status (503 overloaded, 504 deadline); later ones arrive as `event: error` (the JSON error
+        body) and end the stream.
+        """
         site = check_site(state, body.site, field="site")
         authorize(request, site)
         check_program(state, site, CHAT_PROGRAM, field="site")
@@ -771,30 +785,95 @@ def _chat_payload(output: Any, request: Request) -> dict[str, Any]:
 
 
 async def _stream_chat(request: Request, site: str, inputs: BaseModel) -> Response:
-    """SSE: ``passages``, then ``token`` event(s), then ``done`` (citations, timings); ``error`` on failure.
+    """SSE: ``passages``, ``token`` events, then ``done`` (answer, citations, timings); ``error`` on failure.
 
-    The chat program answers in one piece (grounding rewrites the LM's text after generation, so raw
-    tokens would differ from the answer returned), so the answer arrives as one ``token`` event. The
-    program runs before the stream opens: overload and deadline errors keep their HTTP status.
+    The chat program runs in a worker thread with a :class:`~rag_app.server.streaming.SSEEventSink`:
+    ``passages`` goes out as soon as retrieval and reranking finish, before the LM answers; with an
+    LM, each ``token`` is a text delta of the answer as the LM writes it; in extractive mode (or when
+    nothing was streamed, e.g. a cached LM reply) the whole answer comes in one ``token``. Grounding
+    runs after the LM, so ``done.answer`` is authoritative: clients render tokens live, then replace
+    them with ``done.answer``.
+
+    The response opens only with the first event: an overload (503) or deadline (504) before then
+    keeps its HTTP status; after it, an error is sent as ``event: error`` with the usual
+    ``{"error": {...}}`` body and the stream ends. The request deadline still applies while streaming.
     """
-    output = await run_program(request, site, CHAT_PROGRAM, inputs)
-    payload = _chat_payload(output, request)
-    request_id = payload["request_id"]
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    sink = SSEEventSink(loop, queue)
+    reset = answer_events.set(sink)
+    try:  # the task copies the context: the program's worker thread sees the sink
+        task = asyncio.create_task(run_program(request, site, CHAT_PROGRAM, inputs))
+    finally:
+        answer_events.reset(reset)
+    task.add_done_callback(lambda _: queue.put_nowait((STREAM_END, None)))
+    rscope = _scope(request)
+    request_id = request_id_var.get()
+    try:
+        first = await queue.get()
+        if first[0] == STREAM_END or rscope.overloaded:
+            await task  # raises (as an HTTP error) when the program failed or a stage turned it away
+    except BaseException:
+        sink.close()
+        task.cancel()
+        raise
+
+    def error_event(exc: BaseException) -> bytes:
+        error = to_api_error(exc)
+        if error is None:
+            log.error("chat stream failed", exc_info=exc)
+            error = ApiError(
+                500, "internal_error", "internal server error; the request id is in the server log"
+            )
+        _note_error(request, error.code)
+        body: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.field:
+            body["field"] = error.field
+        body["request_id"] = request_id
+        return _sse("error", {"error": body})
 
     async def events() -> AsyncIterator[bytes]:
-        yield _sse("passages", {"passages": payload["passages"], "request_id": request_id})
-        yield _sse("token", {"text": payload["answer"]})
-        yield _sse(
-            "done",
-            {
-                "answer": payload["answer"],
-                "citations": payload["citations"],
-                "mode": payload["mode"],
-                "timings": payload["timings"],
-                "notes": payload["notes"],
-                "request_id": request_id,
-            },
-        )
+        item, passages_sent, tokens = first, False, 0
+        try:
+            while item[0] != STREAM_END:
+                name, data = item
+                if name == "passages" and not passages_sent:
+                    passages_sent = True
+                    yield _sse("passages", {"passages": data, "request_id": request_id})
+                elif name == "token":
+                    tokens += 1
+                    yield _sse("token", {"text": data})
+                left = None if rscope.deadline is None else max(0.0, rscope.deadline - time.monotonic())
+                try:
+                    item = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    yield error_event(DeadlineExceeded(rscope.deadline_s))
+                    return
+            try:
+                output = task.result()
+            except Exception as exc:
+                yield error_event(exc)
+                return
+            payload = _chat_payload(output, request)
+            if not passages_sent:
+                yield _sse("passages", {"passages": payload["passages"], "request_id": request_id})
+            if not tokens:
+                yield _sse("token", {"text": payload["answer"]})
+            yield _sse(
+                "done",
+                {
+                    "answer": payload["answer"],
+                    "citations": payload["citations"],
+                    "mode": payload["mode"],
+                    "timings": payload["timings"],
+                    "notes": payload["notes"],
+                    "request_id": request_id,
+                },
+            )
+        finally:
+            sink.close()
+            if not task.done():
+                task.cancel()
 
     return StreamingResponse(
         events(),
