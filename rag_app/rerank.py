@@ -55,31 +55,32 @@ Thread safety
 Backends (``reranker_backend``) and what ``auto`` picks
     See :mod:`rag_app.rerank_backends` for what each backend is. ``auto`` resolves to ``cuda-fp16`` on a
     GPU; else ``torch-bf16`` where the CPU has bf16 units; else ``onnx-int8``. Measured with
-    ``benchmarks/rerank.py`` (bge-reranker-base architecture, 1 query x 20 passages per call, engines
-    called round-robin; 2 Zen 4 cores with avx512_bf16 shared with other jobs, load average 1-4, so
-    expect +-30%): median ms per call, speed-up over ``CrossEncoder.predict`` defaults in the same run.
+    ``benchmarks/rerank.py --tokens 128,256,512 --repeats 5`` (bge-reranker-base architecture, 1 query x
+    20 passages per call, engines called round-robin, 2 Zen 4 cores with avx512_bf16, quiet machine):
+    median ms per call, speed-up over ``CrossEncoder.predict`` defaults in the same run.
 
-    ======  ============  ===========  ===========  ===========  ===========
-    tokens  CE.predict    torch-fp32   torch-bf16   onnx-fp32    onnx-int8
-    ======  ============  ===========  ===========  ===========  ===========
-    128     2499          2650 (0.9x)   836 (3.0x)  1311 (1.9x)   603 (4.1x)
-    256     6871          5043 (1.4x)  1720 (4.0x)  2685 (2.6x)  1270 (5.4x)
-    512     14339         14773 (1.0x) 9171 (1.6x)  13377 (1.1x) 7139 (2.0x)
-    ======  ============  ===========  ===========  ===========  ===========
+    ======  ============  ============  ===========  ===========  ===========
+    tokens  CE.predict    torch-fp32    torch-bf16   onnx-fp32    onnx-int8
+    ======  ============  ============  ===========  ===========  ===========
+    128     2418          2141 (1.13x)   567 (4.26x) 1093 (2.21x)  497 (4.87x)
+    256     5009          4624 (1.08x)  1313 (3.82x) 2533 (1.98x) 1213 (4.13x)
+    512     12340         10203 (1.21x) 3773 (3.27x) 6025 (1.98x) 3196 (3.86x)
+    ======  ============  ============  ===========  ===========  ===========
 
-    (256 tokens: a 5-repeat run; 128/512: a 3-repeat run at a higher load, whose 256-token row gave 3.2x
-    bf16 and 2.8x int8.) Timed 2048^3 matmuls peak at ~220 GFLOP/s fp32 and ~860-920 GFLOP/s bf16 here.
+    (Two other runs gave torch-bf16 3.85x and 4.10x at 256 tokens.) Timed 2048^3 matmuls peak at ~210
+    GFLOP/s fp32 and ~820-920 GFLOP/s bf16 here.
 
     int8 is the fastest backend on this CPU, ~1.2-1.4x bf16. ``auto`` still picks ``torch-bf16`` on bf16
     hardware because reranking exists for ranking quality and int8 measurably changes the ranking: on real
     MiniLM activations (``tests/test_rerank_numerics.py``) bf16 keeps Spearman 0.998 with fp32 and the
     same top-5 set on 9 of 10 queries (the 10th swaps a 0.011-logit near-tie), while dynamic int8 drops to
     Spearman 0.967 and the same top-5 on only 4 of 10 (4 of 5 shared on the rest). bf16 also needs no
-    export/quantisation at first start (~30-40 s for bge-reranker-base, cached afterwards) and still
-    clears the 4x target at 256 tokens. Without bf16 units bf16 is emulated (slower than fp32) while int8
-    runs on VNNI/AVX2 integer kernels, so ``onnx-int8`` is the CPU default there: it is the only >= 4x
-    option on such CPUs; if ``rag-app eval retrieval --rerank`` shows a quality drop with the real
-    weights, set ``reranker_backend=onnx-fp32`` (exact scores, ~2-2.5x). ``torch-fp32`` is the reference.
+    export/quantisation at first start (~30-40 s for bge-reranker-base, cached afterwards); it sits at the
+    4x target at 256 tokens (3.8-4.1x across runs). Without bf16 units bf16 is emulated (slower than
+    fp32) while int8 runs on VNNI/AVX2 integer kernels, so ``onnx-int8`` is the CPU default there: it is
+    the only >= 4x option on such CPUs; if ``rag-app eval retrieval --rerank`` shows a quality drop with
+    the real weights, set ``reranker_backend=onnx-fp32`` (exact scores, ~2x). ``torch-fp32`` is the
+    reference.
 """
 
 from __future__ import annotations
