@@ -249,16 +249,7 @@ def run_queries(
 
     for q in queries[: min(warmup, len(queries))]:
         one(q)
-    times: list[float] = []
-    found: list[list[int]] = []
-    start = time.perf_counter()
-    for q in queries:
-        t0 = time.perf_counter()
-        found.append(one(q))
-        times.append(time.perf_counter() - t0)
-        if len(times) >= min_queries and time.perf_counter() - start > budget_s:
-            break
-    return times, found
+    return time_queries(one, queries, budget_s=budget_s, min_queries=min_queries)
 
 
 def run_store(
@@ -274,6 +265,13 @@ def run_store(
         return [int(p.metadata["chunk_index"]) for p in passages]
 
     one(queries[0])
+    return time_queries(one, queries, budget_s=budget_s, min_queries=min_queries)
+
+
+def time_queries(
+    one: Any, queries: np.ndarray, *, budget_s: float, min_queries: int
+) -> tuple[list[float], list[list[int]]]:
+    """Per-query latency and results; stops once ``min_queries`` ran and ``budget_s`` is spent."""
     times: list[float] = []
     found: list[list[int]] = []
     start = time.perf_counter()

@@ -37,7 +37,11 @@ class ChatRequest(BaseModel):
         min_length=1, description="Oldest first; the last one must be the user's."
     )
     site: str = Field("builddaily", description="Which site's chat-bridge program answers.")
-    stream: bool = Field(False, description="Answer as Server-Sent Events (passages, token..., done).")
+    stream: bool = Field(
+        False,
+        description="Answer as Server-Sent Events: passages, then LM tokens as generated, then done "
+        "(whose answer is authoritative: grounding may drop invented citations).",
+    )
 
 
 class ChatResponse(BaseModel):
