@@ -252,3 +252,55 @@ def test_eval_retrieval_json_shapes_and_report(tmp_path: Path) -> None:
     assert report.exit_code == 0, report.output
     assert {"vector", "fts", "hybrid"} <= set(report.stdout.split())
     assert {p.name for p in (tmp_path / "report").iterdir()} >= {"report.json", "report.md", "report.png"}
+
+
+def test_search_rerank_prints_both_scores(indexed: Path, tmp_path: Path) -> None:
+    from tests.tiny_models import build_tiny_cross_encoder
+
+    model = build_tiny_cross_encoder(tmp_path / "tiny-ce")
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--site",
+            "paiddaily",
+            "--collection",
+            "catalysts",
+            "--rerank",
+            "--top-n",
+            "1",
+            "--json",
+            "--data-dir",
+            str(indexed),
+            "data-center guidance",
+        ],
+        env={"RAG_RERANKER_MODEL": str(model), "RAG_RERANKER_REVISION": ""},
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["reranked"] is True and len(payload["passages"]) == 1
+    [best] = payload["passages"]
+    assert best["rerank_score"] is not None and 0 < best["relevance"] < 1
+    assert best["retrieval_rank"] in (1, 2) and best["retrieval_score"] > 0
+
+
+def test_keys_lifecycle_and_serve_refuses_open_public_bind(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path / "rag")]
+    added = runner.invoke(app, ["keys", "add", "--name", "chat", "--sites", "builddaily,sagedaily", *data])
+    assert added.exit_code == 0, added.output
+    key = added.stdout.strip().splitlines()[-1]
+    assert key.startswith("rag-") and len(key) > 40
+    assert key not in (tmp_path / "rag" / "api_keys.json").read_text()  # only a hash is stored
+    listed = runner.invoke(app, ["keys", "list", "--json", *data])
+    assert json.loads(listed.stdout) == [
+        {
+            "name": "chat",
+            "sites": ["builddaily", "sagedaily"],
+            "created_at": json.loads(listed.stdout)[0]["created_at"],
+        }
+    ]
+    assert runner.invoke(app, ["keys", "revoke", "chat", *data]).exit_code == 0
+    again = runner.invoke(app, ["keys", "revoke", "chat", *data])
+    assert again.exit_code == 2 and "no API key named 'chat'" in again.output
+    public = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "fresh")])
+    assert public.exit_code == 2 and "refusing to listen on 0.0.0.0" in public.output
