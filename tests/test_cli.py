@@ -304,3 +304,30 @@ def test_keys_lifecycle_and_serve_refuses_open_public_bind(tmp_path: Path) -> No
     assert again.exit_code == 2 and "no API key named 'chat'" in again.output
     public = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "fresh")])
     assert public.exit_code == 2 and "refusing to listen on 0.0.0.0" in public.output
+
+
+def test_models_pull_pulls_ollama_models_and_skips_local_ones(tmp_path: Path) -> None:
+    """`models pull` against the Ollama stand-in (a STAND-IN server: Ollama cannot be installed here)."""
+    from tests.ollama_standin import OllamaStandIn
+
+    local = runner.invoke(
+        app,
+        ["models", "pull", "--data-dir", str(tmp_path)],
+        env={"RAG_RERANKER_MODEL": str(tmp_path), "RAG_LM_MODEL": ""},
+    )
+    assert local.exit_code == 0 and "nothing to pull" in local.output, local.output
+    with OllamaStandIn(models={}) as srv:
+        pulled = runner.invoke(
+            app,
+            ["models", "pull", "--data-dir", str(tmp_path)],
+            env={
+                "RAG_EMBEDDER_BACKEND": "ollama",
+                "RAG_OLLAMA_HOST": srv.host,
+                "RAG_RERANKER_MODEL": str(tmp_path),
+                "RAG_LM_MODEL": "ollama_chat/llama3.2",
+            },
+        )
+        assert pulled.exit_code == 0, pulled.output
+        assert "ollama: nomic-embed-text -> success" in pulled.output
+        assert "ollama: llama3.2 -> success" in pulled.output
+        assert {"nomic-embed-text:latest", "llama3.2:latest"} <= set(srv.models)
