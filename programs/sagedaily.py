@@ -68,7 +68,7 @@ class ReadingInput(BaseModel):
         return [" ".join(v.split()) for v in values if v and v.strip()]
 
     @model_validator(mode="after")
-    def _something(self) -> ReadingInput:
+    def _needs_an_item(self) -> ReadingInput:
         if not (self.cards or self.transits or self.question.strip()):
             raise ValueError("give at least one card, a transit or a question")
         if len(self.cards) + len(self.transits) > MAX_ITEMS:

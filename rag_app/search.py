@@ -1,6 +1,8 @@
 """Retrieve-and-optionally-rerank as one call with a JSON-ready result, for the CLI and scripts.
 
-Pipelines are cached per (settings, site, collection), so a batch of queries loads models once.
+Retrievers and pipelines are cached per (settings, site, collection), so a batch of queries opens
+the database, reads the site's saved configuration and loads models once. The plain (no-rerank)
+path never loads the reranker.
 """
 
 from __future__ import annotations
@@ -15,22 +17,28 @@ from rag_app.loaders import read_text
 from rag_app.retrieve import LanceDBRetriever
 from rag_app.settings import Settings
 
+_RETRIEVERS: dict[tuple[str, str, str | None], LanceDBRetriever] = {}
 _PIPELINES: dict[tuple[str, str, str | None], Any] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def retriever_for(settings: Settings, site: str, collection: str | None = None) -> LanceDBRetriever:
-    return pipeline_for(settings, site, collection).retriever
+    """The shared retriever for a site (one collection, or all of them)."""
+    key = (settings.cache_key(), site, collection)
+    with _LOCK:
+        if key not in _RETRIEVERS:
+            _RETRIEVERS[key] = LanceDBRetriever(settings, site, [collection] if collection else None)
+        return _RETRIEVERS[key]
 
 
 def pipeline_for(settings: Settings, site: str, collection: str | None = None) -> Any:
-    """The shared ``RetrieveThenRerank`` for a site (one collection, or all of them)."""
+    """The shared ``RetrieveThenRerank`` over :func:`retriever_for`'s retriever."""
     from rag_app.rerank import RetrieveThenRerank, get_reranker
 
     key = (settings.cache_key(), site, collection)
     with _LOCK:
         if key not in _PIPELINES:
-            retriever = LanceDBRetriever(settings, site, [collection] if collection else None)
+            retriever = retriever_for(settings, site, collection)
             _PIPELINES[key] = RetrieveThenRerank(retriever, get_reranker(settings), settings)
         return _PIPELINES[key]
 
@@ -54,13 +62,12 @@ def search_once(
         pred = pipeline(query=query, k=k, top_n=top_n, filters=filters, mode=mode)
         passages = pred.passages
         reranked = bool(pred.reranked)
-        if not reranked:
+        if not pipeline.reranker.available:
             notes.append(f"reranker unavailable, kept retrieval order: {pipeline.reranker.describe()}")
         timings = dict(pred.timings)
         used_mode = getattr(pred, "mode", None) or mode or pipeline.retriever.default_mode
     else:
-        retriever = LanceDBRetriever(settings, site, [collection] if collection else None)
-        pred = retriever(query=query, k=k, filters=filters, mode=mode)
+        pred = retriever_for(settings, site, collection)(query=query, k=k, filters=filters, mode=mode)
         passages, reranked, timings, used_mode = pred.passages, False, pred.timings, pred.mode
     return {
         "query": query,

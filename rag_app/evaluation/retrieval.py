@@ -125,11 +125,3 @@ def reranker_fn(settings: Settings) -> tuple[Callable[[str, list[Passage]], list
         return reranker.rerank(query, passages, top_n=len(passages))
 
     return rerank, reranker
-
-
-def split_rows(rows: Sequence[ReportRow]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """``{"retrieval": {...}, "reranked": {...}}`` for ``--json --rerank`` (one mode each)."""
-    plain = next((r for r in rows if not r.config.endswith("+rerank")), None)
-    reranked = next((r for r in rows if r.config.endswith("+rerank")), None)
-    pick = lambda row: {key: row.metrics.get(key) for key in RERANK_KEYS} if row else {}  # noqa: E731
-    return {"retrieval": pick(plain), "reranked": pick(reranked)}
