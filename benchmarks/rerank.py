@@ -30,6 +30,8 @@ What "default" is
 FLOPs
     Per pair of L tokens: 2 x (encoder linear weights) x L + 4 x L^2 x hidden per layer (QK^T and AV), plus
     the head on one token. Padding is not counted (every pair here has the same length, so there is none).
+    These are the plain model's FLOPs: the torch-bf16 backend's last layer computes position 0 only
+    (:mod:`rag_app.fused_encoder`), ~7% less work at 256 tokens, which shows as a higher rate.
     The peak is a timed 2048^3 ``torch.matmul`` in fp32 and in bf16 on this machine's torch threads (best
     of 8, at the start and at the end of the run, the higher kept, since other load only lowers it);
     fp32 backends are compared with the fp32 peak, bf16 with the bf16 peak, int8 with the fp32 peak (ONNX

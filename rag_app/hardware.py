@@ -27,7 +27,7 @@ def cpu_has_bf16() -> bool:
     """True where the CPU has native bf16 dot products (AVX512_BF16, AMX-BF16 or Arm BF16): ~3x fp32.
 
     ``torch.backends.cpu.get_cpu_capability()`` reports ``AMX`` on Sapphire Rapids and later, but only
-    ``AVX512`` on Zen 4 even though Zen 4 has AVX512_BF16, so the cpuinfo flags are checked too.
+    ``AVX512`` on AMD Zen 4/5 even though they have AVX512_BF16, so the cpuinfo flags are checked too.
     """
     import torch
 
@@ -44,3 +44,23 @@ def cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def release_freed_memory() -> None:
+    """Hand memory that the process has freed back to the OS, where the C library can (glibc).
+
+    glibc keeps freed heap memory in its arenas. After a model is loaded in fp32 and then cast to bf16,
+    the process can keep ~160 MiB it no longer uses (bge-reranker-base: RSS 951 -> 788 MiB after
+    this call). Does nothing on other C libraries.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None or platform.system() != "Linux":
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return
+    trim(0)

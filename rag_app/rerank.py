@@ -56,31 +56,35 @@ Backends (``reranker_backend``) and what ``auto`` picks
     See :mod:`rag_app.rerank_backends` for what each backend is. ``auto`` resolves to ``cuda-fp16`` on a
     GPU; else ``torch-bf16`` where the CPU has bf16 units; else ``onnx-int8``. Measured with
     ``benchmarks/rerank.py --tokens 128,256,512 --repeats 5`` (bge-reranker-base architecture, 1 query x
-    20 passages per call, engines called round-robin, 2 Zen 4 cores with avx512_bf16, quiet machine):
+    20 passages per call, engines called round-robin, 2 AMD EPYC Zen 5 cores with avx512_bf16, quiet machine):
     median ms per call, speed-up over ``CrossEncoder.predict`` defaults in the same run.
+    (``CrossEncoder.predict`` runs fp32 through MKL, which takes its AVX2 path on AMD CPUs; ONNX
+    Runtime's own fp32 kernels use AVX-512, hence onnx-fp32's 2x.)
 
     ======  ============  ============  ===========  ===========  ===========
     tokens  CE.predict    torch-fp32    torch-bf16   onnx-fp32    onnx-int8
     ======  ============  ============  ===========  ===========  ===========
-    128     2418          2141 (1.13x)   567 (4.26x) 1093 (2.21x)  497 (4.87x)
-    256     5009          4624 (1.08x)  1313 (3.82x) 2533 (1.98x) 1213 (4.13x)
-    512     12340         10203 (1.21x) 3773 (3.27x) 6025 (1.98x) 3196 (3.86x)
+    128     2388          2261 (1.06x)   532 (4.49x) 1084 (2.20x)  488 (4.89x)
+    256     4906          4758 (1.03x)  1080 (4.54x) 2424 (2.02x) 1171 (4.19x)
+    512     12067         10036 (1.20x) 2277 (5.30x) 5776 (2.09x) 3081 (3.92x)
     ======  ============  ============  ===========  ===========  ===========
 
-    (Two other runs gave torch-bf16 3.85x and 4.10x at 256 tokens.) Timed 2048^3 matmuls peak at ~210
-    GFLOP/s fp32 and ~820-920 GFLOP/s bf16 here.
+    torch-bf16 runs the encoder through :mod:`rag_app.fused_encoder` (fused QKV, GELU and residual
+    kernels with prepacked weights, attention one sequence at a time, a last layer that computes only
+    the position the head reads); with Hugging Face's own layers in bf16 it measured 3.5-4.2x at 256
+    tokens. Counted in the plain model's FLOPs, the forward now runs at ~850 GFLOP/s, ~95% of a timed
+    2048^3 bf16 matmul here (~890 GFLOP/s; fp32 ~215).
 
-    int8 is the fastest backend on this CPU, ~1.2-1.4x bf16. ``auto`` still picks ``torch-bf16`` on bf16
-    hardware because reranking exists for ranking quality and int8 measurably changes the ranking: on real
-    MiniLM activations (``tests/test_rerank_numerics.py``) bf16 keeps Spearman 0.998 with fp32 and the
-    same top-5 set on 9 of 10 queries (the 10th swaps a 0.011-logit near-tie), while dynamic int8 drops to
-    Spearman 0.967 and the same top-5 on only 4 of 10 (4 of 5 shared on the rest). bf16 also needs no
-    export/quantisation at first start (~30-40 s for bge-reranker-base, cached afterwards); it sits at the
-    4x target at 256 tokens (3.8-4.1x across runs). Without bf16 units bf16 is emulated (slower than
-    fp32) while int8 runs on VNNI/AVX2 integer kernels, so ``onnx-int8`` is the CPU default there: it is
-    the only >= 4x option on such CPUs; if ``rag-app eval retrieval --rerank`` shows a quality drop with
-    the real weights, set ``reranker_backend=onnx-fp32`` (exact scores, ~2x). ``torch-fp32`` is the
-    reference.
+    ``auto`` picks ``torch-bf16`` on bf16 hardware: it is the fastest backend here at 256 and 512
+    tokens and within 10% of int8 at 128, and it ranks like fp32. On real MiniLM activations
+    (``tests/test_rerank_numerics.py``) bf16 keeps Spearman 0.9985 with fp32 and the same top-5 set on
+    9 of 10 queries; the 10th swaps a 0.011-logit near-tie. Dynamic int8 drops to Spearman 0.97 and the
+    same top-5 on only 4 of 10 (4 of 5 shared on the rest). bf16 also needs no export or quantisation at
+    first start (~30-40 s for bge-reranker-base, cached afterwards). Without bf16 units bf16 is
+    emulated and slower than fp32, while int8 runs on VNNI/AVX2 integer kernels. So ``onnx-int8`` is the
+    CPU default there: it is the only >= 4x option on such CPUs. If ``rag-app eval retrieval --rerank``
+    shows a quality drop with the real weights, set ``reranker_backend=onnx-fp32`` (exact scores, ~2x).
+    ``torch-fp32`` is the model as loaded, unmodified: the reference.
 """
 
 from __future__ import annotations

@@ -4,15 +4,18 @@ A backend turns one padded batch of token ids into one raw logit per pair (float
 (tokenization, truncation, batching, caching, ranking) lives in :mod:`rag_app.rerank`.
 
 * ``torch-fp32``: the Hugging Face model that :class:`sentence_transformers.CrossEncoder` loaded, as is.
-* ``torch-bf16``: the same model cast to bfloat16. Only offered where the CPU has bf16 dot-product units
-  (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``): elsewhere bf16 matmuls are emulated and slower than fp32.
+* ``torch-bf16``: the same model with its encoder layers swapped for fused ones
+  (:mod:`rag_app.fused_encoder`, checked against the original in fp32), cast to bfloat16. Only offered
+  where the CPU has bf16 dot-product units (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``): elsewhere
+  bf16 matmuls are emulated and slower than fp32.
 * ``onnx-fp32``: exported once with :func:`torch.onnx.export` (dynamic batch and sequence axes), run by
   ONNX Runtime with all graph optimisations on.
 * ``onnx-int8``: that export, quantised with :func:`onnxruntime.quantization.quantize_dynamic` (int8
   weights with per-channel scales; activations quantised at run time with one scale per tensor, i.e.
   per batch, so an int8 score can move slightly with the other pairs of its batch; VNNI/AVX-512 or
   AVX2 integer kernels). It ranks measurably less like fp32 than bf16 does: see the numerics test.
-* ``cuda-fp16``: the torch model in float16 on the GPU, only when ``torch.cuda.is_available()``.
+* ``cuda-fp16``: the fused model in float16 on the GPU (attention through SDPA there), only when
+  ``torch.cuda.is_available()``.
 
 ONNX files are cached on disk under ``<cache_dir>/onnx/<model-key>/`` and reused by later processes. The
 model key names the hub id and revision, or, for a local directory, hashes the directory's path together
@@ -31,7 +34,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -41,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag_app.errors import RagError
-from rag_app.hardware import cpu_has_bf16, cuda_available
+from rag_app.hardware import cpu_has_bf16, cuda_available, release_freed_memory
 
 logger = logging.getLogger("rag_app.rerank")
 
@@ -106,81 +108,6 @@ def resolve_backend(requested: str) -> str:
 # --- torch -------------------------------------------------------------------------------------
 
 
-class _FirstTokenLayer:
-    """Factory for a stand-in of the encoder's last layer that computes position 0 only."""
-
-    @staticmethod
-    def wrap(layer: Any) -> Any:
-        import torch
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        class FirstTokenLayer(torch.nn.Module):
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(
-                self, hidden_states: Any, attention_mask: Any = None, *args: Any, **kwargs: Any
-            ) -> Any:
-                att = self.inner.attention.self
-                batch, length, _ = hidden_states.shape
-                first = hidden_states[:, :1]
-                heads = (batch, -1, att.attention_head_size)
-                query = att.query(first).view(batch, 1, *heads[1:]).transpose(1, 2)
-                key = att.key(hidden_states).view(batch, length, *heads[1:]).transpose(1, 2)
-                value = att.value(hidden_states).view(batch, length, *heads[1:]).transpose(1, 2)
-                if attention_mask is not None and attention_mask.dim() == 4:
-                    attention_mask = attention_mask[:, :, :1, :]
-                eager = sys.modules[type(att).__module__].eager_attention_forward  # HF's default
-                attend = ALL_ATTENTION_FUNCTIONS.get_interface(att.config._attn_implementation, eager)
-                context, _ = attend(att, query, key, value, attention_mask, dropout=0.0, scaling=att.scaling)
-                attended = self.inner.attention.output(context.reshape(batch, 1, -1), first)
-                return self.inner.feed_forward_chunk(attended)
-
-        return FirstTokenLayer(layer)
-
-
-def first_token_last_layer(model: Any) -> bool:
-    """Let the encoder's last layer compute only position 0 (``[CLS]``/``<s>``), if that is exact.
-
-    A sequence-classification head reads one position, so in the last layer the query, attention
-    output and feed-forward work for the other positions is thrown away: about 7% of a 12-layer
-    encoder's matmul FLOPs (20 pairs x 256 tokens, bf16: 3.85x -> see benchmarks). Keys and values
-    still see every token, so the result is the same computation. Applied only after a check on a
-    dummy batch gives the same logits as the unmodified model; otherwise the model is left alone.
-    """
-    import torch
-
-    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
-    if layers is None or len(layers) == 0 or model.config.model_type not in _FIRST_TOKEN_TYPES:
-        return False
-    last = layers[-1]
-    if not all(hasattr(last, name) for name in ("attention", "feed_forward_chunk")):
-        return False
-    device = next(model.parameters()).device
-    ids = torch.randint(5, min(model.config.vocab_size, 1000), (2, 12), device=device)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    with torch.inference_mode():
-        before = model(input_ids=ids, attention_mask=mask).logits.float()
-        layers[-1] = _FirstTokenLayer.wrap(last)
-        try:
-            after = model(input_ids=ids, attention_mask=mask).logits.float()
-            same = bool(torch.allclose(before, after, rtol=1e-2, atol=1e-2))
-        except Exception:  # an architecture whose layer API differs: keep the original
-            same = False
-    if not same:
-        layers[-1] = last
-        logger.info(
-            "first-token last layer not applicable to %s; using the full model", model.config.model_type
-        )
-    return same
-
-
-#: Encoders whose classification head reads position 0 only (BERT's pooler, RoBERTa/XLM-R's head).
-_FIRST_TOKEN_TYPES = {"bert", "roberta", "xlm-roberta"}
-
-
 class TorchBackend:
     """Runs a Hugging Face ``*ForSequenceClassification`` model under :func:`torch.inference_mode`.
 
@@ -201,19 +128,19 @@ class TorchBackend:
     def create(cls, model: Any, name: str, input_names: Sequence[str]) -> TorchBackend:
         import torch
 
-        if name == "torch-fp32":
-            model = model.float()
-        elif name == "torch-bf16":
+        from rag_app.fused_encoder import fuse_encoder_layers, prepack_encoder_layers
+
+        if name not in ("torch-fp32", "torch-bf16", "cuda-fp16"):  # pragma: no cover - resolve_backend
+            raise ValueError(f"not a torch backend: {name}")
+        model = model.float()
+        if name != "torch-fp32":  # fp32 stays the model as loaded: the reference the others are tested on
+            fuse_encoder_layers(model)  # checked in fp32, before the cast
+        if name == "torch-bf16":
             model = model.to(torch.bfloat16)
-            # On CPU, eager attention in bf16 measured ~13% faster than SDPA for 20 pairs x 256 tokens
-            # (1365 vs 1571 ms, bge-reranker-base architecture, 2 cores): SDPA's CPU kernel upcasts.
-            with contextlib.suppress(AttributeError, ValueError):
-                model.set_attn_implementation("eager")
+            prepack_encoder_layers(model)  # after the cast: packed weights cannot be cast again
         elif name == "cuda-fp16":
             model = model.to(device="cuda", dtype=torch.float16)
-        else:  # pragma: no cover - guarded by resolve_backend
-            raise ValueError(f"not a torch backend: {name}")
-        first_token_last_layer(model)
+        release_freed_memory()  # the fp32 weights that the cast replaced
         return cls(model, name, input_names)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

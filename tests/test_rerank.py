@@ -9,6 +9,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dspy
 import numpy as np
@@ -342,7 +343,11 @@ def test_fail_mode_raises_a_helpful_error(tmp_path: Path) -> None:
 # --- concurrency -------------------------------------------------------------------------------
 
 
-def test_concurrent_calls_match_a_sequential_call(reranker: CrossEncoderReranker) -> None:
+@pytest.mark.parametrize("backend", ["torch-fp32", "auto"])
+def test_concurrent_calls_match_a_sequential_call(tiny_path: Path, backend: str) -> None:
+    """8 threads at once give the sequential scores, for the reference and for this machine's default
+    backend (on a bf16 CPU: the fused, prepacked layers, whose kernels must not share scratch state)."""
+    reranker = CrossEncoderReranker(str(tiny_path), revision=None, backend=backend, cache_size=0)
     queries = [f"{QUERY} variant {i}" for i in range(8)]
     sequential = [reranker.score(q, TEXTS) for q in queries]
     barrier = threading.Barrier(8)
@@ -467,26 +472,133 @@ def test_rerank_module(reranker: CrossEncoderReranker) -> None:
     assert module.deepcopy().reranker is reranker
 
 
-def test_first_token_last_layer_is_exact_and_only_where_it_applies(tiny_path: Path) -> None:
-    """The last layer computes position 0 only (what the head reads): same logits, less work."""
+def _logits(model: Any, ids: Any, mask: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=ids, attention_mask=mask).logits.float()
+
+
+def _padded_batch() -> tuple[Any, Any]:
+    import torch
+
+    ids = torch.randint(5, 1000, (6, 40), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[2, 25:] = 0  # padding must be respected by the fused attention and the shortened last layer
+    mask[4, 9:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-post-ops", "plain-ops"])
+def test_fused_encoder_layers_compute_the_same_logits(tiny_path: Path, onednn: bool) -> None:
+    """Fused QKV, fused GELU/residual, per-sequence attention, first-token last layer: same function."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rag_app.rerank_backends import first_token_last_layer
+    from rag_app.fused_encoder import FusedEncoderLayer, fuse_encoder_layers
 
     full = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
     fast = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
-    assert first_token_last_layer(fast) is True
-    assert type(fast.base_model.encoder.layer[-1]).__name__ == "FirstTokenLayer"
-    ids = torch.randint(5, 1000, (6, 40))
-    mask = torch.ones_like(ids)
-    mask[2, 25:] = 0  # padding must be respected in the shortened layer too
-    with torch.inference_mode():
-        want = full(input_ids=ids, attention_mask=mask).logits
-        got = fast(input_ids=ids, attention_mask=mask).logits
+    assert fuse_encoder_layers(fast, onednn=onednn) is True
+    layers = fast.base_model.encoder.layer
+    assert all(isinstance(layer, FusedEncoderLayer) for layer in layers)
+    assert [layer.first_token_only for layer in layers] == [False] * (len(layers) - 1) + [True]
+    ids, mask = _padded_batch()
+    want, got = _logits(full, ids, mask), _logits(fast, ids, mask)
     assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
+    # The fused Linear follows a dtype cast like every other parameter; bf16 stays close to fp32.
+    got_bf16 = _logits(fast.to(torch.bfloat16), ids, mask)
+    assert torch.allclose(want, got_bf16, atol=0.05), (want - got_bf16).abs().max()
+
+
+def test_gpu_attention_path_matches_the_cpu_one() -> None:
+    """cuda-fp16 attends with one batched SDPA call; no GPU here, so its math is checked on CPU."""
+    import torch
+
+    from rag_app.fused_encoder import attention_batched, attention_per_sequence
+
+    gen = torch.Generator().manual_seed(2)
+    query, key, value = (torch.randn(3, 4, 7, 8, generator=gen) for _ in range(3))
+    mask = torch.zeros(3, 1, 7, 7)
+    mask[1, :, :, 5:] = torch.finfo(torch.float32).min  # HF's additive padding mask
+    for rows in (7, 1):  # every position, and the first-token last layer
+        args = (query[:, :, :rows], key, value, mask[:, :, :rows], 8**-0.5)
+        want = attention_per_sequence(*args)
+        assert want.shape == (3, rows, 32)
+        assert torch.allclose(attention_batched(*args), want, atol=1e-5)
+    # The padded keys of sequence 1 get no weight: changing them changes nothing.
+    key2, value2 = key.clone(), value.clone()
+    key2[1, :, 5:] += 3.0
+    value2[1, :, 5:] -= 3.0
+    assert torch.allclose(
+        attention_per_sequence(query, key2, value2, mask, 0.3),
+        attention_per_sequence(query, key, value, mask, 0.3),
+    )
+
+
+def test_fused_encoder_layers_only_where_they_reproduce_the_model(
+    tiny_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rag_app import fused_encoder
+    from rag_app.fused_encoder import fuse_encoder_layers
 
     class NotAnEncoder(torch.nn.Module):
-        config = type("Config", (), {"model_type": "gpt2"})()
+        config = type("Config", (), {"model_type": "gpt2", "hidden_act": "gelu"})()
 
-    assert first_token_last_layer(NotAnEncoder()) is False
+    assert fuse_encoder_layers(NotAnEncoder()) is False
+    relu = AutoModelForSequenceClassification.from_pretrained(str(tiny_path), hidden_act="relu").eval()
+    assert fuse_encoder_layers(relu) is False  # no fused kernel for this activation: left as loaded
+    # A fused layer that computes something else is caught by the check and the originals come back.
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
+    originals = list(model.base_model.encoder.layer)
+    ids, mask = _padded_batch()
+    want = _logits(model, ids, mask)
+    monkeypatch.setattr(
+        fused_encoder.FusedEncoderLayer,
+        "_attend",
+        lambda self, query, key, value, mask: query.new_zeros(
+            query.shape[0], query.shape[2], query.shape[1] * query.shape[3]
+        ),
+    )
+    assert fuse_encoder_layers(model) is False
+    assert list(model.base_model.encoder.layer) == originals
+    assert torch.equal(_logits(model, ids, mask), want)
+
+
+def test_prepacked_weights_give_the_same_logits(tiny_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rag_app.fused_encoder import PackedLinear, fuse_encoder_layers, prepack_encoder_layers
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
+    assert prepack_encoder_layers(model) is False  # nothing fused yet: nothing to pack
+    assert fuse_encoder_layers(model) is True
+    ids, mask = _padded_batch()
+    want = _logits(model, ids, mask)
+    assert prepack_encoder_layers(model) is True
+    layer = model.base_model.encoder.layer[0]
+    assert all(isinstance(getattr(layer, name), PackedLinear) for name in layer.LINEARS)
+    assert torch.allclose(_logits(model, ids, mask), want, atol=1e-6)
+    plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
+    assert fuse_encoder_layers(plain, onednn=False) is True
+    assert prepack_encoder_layers(plain) is False  # packed weights are for the oneDNN kernels only
+
+
+def test_torch_backends_fuse_all_but_the_fp32_reference(tiny_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from rag_app.fused_encoder import FusedEncoderLayer, PackedLinear
+    from rag_app.rerank_backends import TorchBackend, available_backends
+
+    names = ["torch-fp32"] + (["torch-bf16"] if "torch-bf16" in available_backends() else [])
+    for name in names:
+        model = AutoModelForSequenceClassification.from_pretrained(str(tiny_path))
+        backend = TorchBackend.create(model, name, ["input_ids", "attention_mask"])
+        layer = backend.model.base_model.encoder.layer[0]
+        assert isinstance(layer, FusedEncoderLayer) is (name != "torch-fp32"), name
+        if name == "torch-bf16":
+            assert isinstance(layer.intermediate, PackedLinear)
