@@ -511,6 +511,22 @@ def test_fused_encoder_layers_compute_the_same_logits(tiny_path: Path, onednn: b
     assert torch.allclose(want, got_bf16, atol=0.05), (want - got_bf16).abs().max()
 
 
+def test_fused_encoder_layers_with_tanh_gelu(tiny_path: Path) -> None:
+    """Encoders trained with the tanh GELU approximation get that approximation in the fused kernel."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rag_app.fused_encoder import fuse_encoder_layers
+
+    load = AutoModelForSequenceClassification.from_pretrained
+    full = load(str(tiny_path), hidden_act="gelu_new").eval()
+    fast = load(str(tiny_path), hidden_act="gelu_new").eval()
+    assert fuse_encoder_layers(fast) is True
+    assert fast.base_model.encoder.layer[0].gelu_approximate == "tanh"
+    ids, mask = _padded_batch()
+    assert torch.allclose(_logits(full, ids, mask), _logits(fast, ids, mask), atol=1e-5)
+
+
 def test_gpu_attention_path_matches_the_cpu_one() -> None:
     """cuda-fp16 attends with one batched SDPA call; no GPU here, so its math is checked on CPU."""
     import torch
