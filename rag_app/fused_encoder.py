@@ -13,7 +13,7 @@ batch's heads x L x L attention scores are ~13 MB per layer and the GELU input i
   backend emits, called directly so there is no compile step). GELU then runs on the fp32 accumulator
   before the result is rounded to bf16, which is slightly more accurate than HF's bf16 GELU.
 * On CPU, attention runs one sequence at a time, so a sequence's scores (1.5 MB at 256 tokens) stay in
-  cache through scale, mask, softmax and the value product. On CUDA it is one batched SDPA call.
+  cache through scale, mask, softmax and the value product. For CUDA it is one batched SDPA call.
 * The last layer computes position 0 only, which is all the classification head reads. Keys and values
   still see every token. This saves about 7% of a 12-layer encoder's matmul work.
 
@@ -25,7 +25,10 @@ weights prepacked once for oneDNN (:func:`prepack_encoder_layers`) a further 501
 
 :func:`fuse_encoder_layers` applies it only to encoders whose layer layout it knows (BERT, RoBERTa,
 XLM-R; absolute positions; erf or tanh GELU). It applies it only if the fused model gives the same
-logits as the original, in fp32, on a padded dummy batch. Otherwise the model is left as loaded.
+logits as the original, in fp32 on CPU, on a padded dummy batch. For a CUDA target the layers are built
+with the ops they will run there (plain ``F.linear`` + GELU, batched SDPA), so that check covers the
+GPU code path too, in fp32; fp16 rounding on the GPU itself is not checked here. Otherwise the model is
+left as loaded.
 Inference only: no dropout, no gradients, no attention weights returned.
 """
 
@@ -59,13 +62,22 @@ class FusedEncoderLayer(nn.Module):
     Takes over the original layer's LayerNorms and output projections as they are, and one new Linear
     that stacks the query, key and value weights. ``first_token_only`` makes the layer return position 0
     only. ``onednn`` switches the CPU post-op kernels on; without it (and on CUDA), the same math runs as
-    plain ``F.linear`` + GELU + add.
+    plain ``F.linear`` + GELU + add. ``batched_attention`` attends with one SDPA call over the batch (the
+    GPU choice) instead of one sequence at a time (the CPU choice).
     """
 
     #: The four weight matrices, as submodule names (what :func:`prepack_encoder_layers` replaces).
     LINEARS = ("qkv", "attention_out", "intermediate", "output")
 
-    def __init__(self, layer: Any, *, gelu_approximate: str, first_token_only: bool, onednn: bool) -> None:
+    def __init__(
+        self,
+        layer: Any,
+        *,
+        gelu_approximate: str,
+        first_token_only: bool,
+        onednn: bool,
+        batched_attention: bool = False,
+    ) -> None:
         super().__init__()
         att = layer.attention.self
         self.heads = int(att.num_attention_heads)
@@ -74,6 +86,7 @@ class FusedEncoderLayer(nn.Module):
         self.gelu_approximate = gelu_approximate
         self.first_token_only = first_token_only
         self.onednn = onednn
+        self.batched_attention = batched_attention
         weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])
         bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])
         self.qkv = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
@@ -97,7 +110,7 @@ class FusedEncoderLayer(nn.Module):
         rows = 1 if self.first_token_only else length
         qkv = self._linear(hidden_states, self.qkv).view(batch, length, 3, self.heads, self.head_size)
         query, key, value = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (batch, heads, L, size)
-        mask = None if attention_mask is None else attention_mask[:, :, :rows]
+        mask = None if attention_mask is None else _additive(attention_mask[:, :, :rows], qkv.dtype)
         context = self._attend(query[:, :, :rows], key, value, mask)
         residual = hidden_states[:, :rows].contiguous()
         attended = self.attention_norm(self._linear_add(context, residual, self.attention_out))
@@ -115,7 +128,7 @@ class FusedEncoderLayer(nn.Module):
     def _attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        attend = attention_per_sequence if query.device.type == "cpu" else attention_batched
+        attend = attention_batched if self.batched_attention else attention_per_sequence
         return attend(query, key, value, mask, self.scaling)
 
     def _linear(self, x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
@@ -152,20 +165,22 @@ def attention_per_sequence(
 def attention_batched(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
-    """The same attention as one SDPA call over the batch (the GPU path, where it runs flash kernels)."""
+    """The same attention as one SDPA call over the batch (the GPU path: fused attention kernels there;
+    with a padding mask PyTorch picks the memory-efficient or cuDNN kernel, without one flash)."""
     batch, heads, rows, size = query.shape
     context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
     return context.transpose(1, 2).reshape(batch, rows, heads * size)
 
 
-def fuse_encoder_layers(model: Any, *, onednn: bool | None = None) -> bool:
+def fuse_encoder_layers(model: Any, *, target: str = "cpu", onednn: bool | None = None) -> bool:
     """Swap a loaded ``*ForSequenceClassification`` encoder's layers for :class:`FusedEncoderLayer`.
 
     Call it on the fp32 model before casting it to bf16/fp16 or moving it to a GPU (the new QKV Linear
     follows ``model.to`` like any parameter). Returns True if the layers were swapped. Returns False, with
     the model unchanged, if the architecture is not one it knows or if the fused model's logits differ
-    from the original's on a padded dummy batch. ``onednn=None`` uses the oneDNN kernels where torch has
-    them.
+    from the original's on a padded dummy batch. ``target`` is the device type the model will run on:
+    ``"cpu"`` (oneDNN kernels where torch has them, unless ``onednn`` says otherwise; per-sequence
+    attention) or ``"cuda"`` (plain ops, batched SDPA).
     """
     config = getattr(model, "config", None)
     layers = _encoder_layers(model)
@@ -179,7 +194,10 @@ def fuse_encoder_layers(model: Any, *, onednn: bool | None = None) -> bool:
         or getattr(config, "is_decoder", False)
     ):
         return False
-    use_onednn = onednn_available() if onednn is None else onednn
+    if target not in ("cpu", "cuda"):
+        raise ValueError(f"target must be 'cpu' or 'cuda', not {target!r}")
+    on_cpu = target == "cpu"
+    use_onednn = on_cpu and (onednn_available() if onednn is None else onednn)
     original = list(layers)
     previous_attention = getattr(config, "_attn_implementation", None)
     with contextlib.suppress(AttributeError, ValueError):
@@ -192,6 +210,7 @@ def fuse_encoder_layers(model: Any, *, onednn: bool | None = None) -> bool:
                     gelu_approximate=approximate,
                     first_token_only=i == len(original) - 1,
                     onednn=use_onednn,
+                    batched_attention=not on_cpu,
                 )
                 for i, layer in enumerate(original)
             ]
@@ -227,6 +246,12 @@ class PackedLinear(nn.Module):
         self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> PackedLinear:
+        raise RuntimeError(
+            "this reranker model has oneDNN-prepacked weights, which cannot be cast or moved; "
+            "load the model again and call prepack_encoder_layers after the last .to()"
+        )
+
 
 def prepack_encoder_layers(model: Any) -> bool:
     """Give every oneDNN :class:`FusedEncoderLayer` of a CPU model prepacked weights (see PackedLinear).
@@ -238,12 +263,26 @@ def prepack_encoder_layers(model: Any) -> bool:
     fused = [layer for layer in layers or () if isinstance(layer, FusedEncoderLayer) and layer.onednn]
     if not fused or len(fused) != len(layers) or next(model.parameters()).device.type != "cpu":
         return False
-    with torch.no_grad():
-        packed = [layer.packed() for layer in fused]
-    same, reason = _swap_if_same(model, layers, packed, rtol=1e-2, atol=1e-2)  # measured: bit for bit
+    try:
+        with torch.no_grad():
+            packed = [layer.packed() for layer in fused]
+    except (AttributeError, RuntimeError, TypeError, ValueError) as exc:  # a torch without the reorder op
+        logger.info("prepacked weights not used (%s)", exc)
+        return False
+    same, reason = _swap_if_same(model, layers, packed, rtol=1e-3, atol=1e-5)  # measured: bit for bit
     if not same:
         logger.info("prepacked weights not used (%s)", reason)
     return same
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """HF's eager layers get an additive float mask; a caller-made 4D bool mask (True = attend) is turned
+    into one rather than added as 0/1."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(dtype).min
+    )
 
 
 def _encoder_layers(model: Any) -> Any:

@@ -133,11 +133,18 @@ class TorchBackend:
         if name not in ("torch-fp32", "torch-bf16", "cuda-fp16"):  # pragma: no cover - resolve_backend
             raise ValueError(f"not a torch backend: {name}")
         model = model.float()
+        fused = False
         if name != "torch-fp32":  # fp32 stays the model as loaded: the reference the others are tested on
-            fuse_encoder_layers(model)  # checked in fp32, before the cast
+            fused = fuse_encoder_layers(model, target="cuda" if name == "cuda-fp16" else "cpu")  # fp32 check
         if name == "torch-bf16":
             model = model.to(torch.bfloat16)
-            prepack_encoder_layers(model)  # after the cast: packed weights cannot be cast again
+            if fused:
+                prepack_encoder_layers(model)  # after the cast: packed weights cannot be cast again
+            else:
+                # HF's own layers: eager attention in bf16 measured ~13% faster than SDPA on this CPU
+                # (20 pairs x 256 tokens, bge-reranker-base architecture): SDPA's CPU kernel upcasts.
+                with contextlib.suppress(AttributeError, ValueError):
+                    model.set_attn_implementation("eager")
         elif name == "cuda-fp16":
             model = model.to(device="cuda", dtype=torch.float16)
         release_freed_memory()  # the fp32 weights that the cast replaced

@@ -489,9 +489,17 @@ def _padded_batch() -> tuple[Any, Any]:
     return ids, mask
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-post-ops", "plain-ops"])
-def test_fused_encoder_layers_compute_the_same_logits(tiny_path: Path, onednn: bool) -> None:
-    """Fused QKV, fused GELU/residual, per-sequence attention, first-token last layer: same function."""
+@pytest.mark.parametrize(
+    ("target", "onednn"),
+    [("cpu", True), ("cpu", False), ("cuda", None)],
+    ids=["cpu-onednn-post-ops", "cpu-plain-ops", "cuda-code-path-run-on-cpu"],
+)
+def test_fused_encoder_layers_compute_the_same_logits(
+    tiny_path: Path, target: str, onednn: bool | None
+) -> None:
+    """Fused QKV, fused GELU/residual, per-sequence or batched attention, first-token last layer: same
+    function. The ``cuda`` target builds the layers cuda-fp16 runs (plain ops, batched SDPA); no GPU here,
+    so they run on CPU in fp32 against the original model."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -499,9 +507,11 @@ def test_fused_encoder_layers_compute_the_same_logits(tiny_path: Path, onednn: b
 
     full = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
     fast = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
-    assert fuse_encoder_layers(fast, onednn=onednn) is True
+    assert fuse_encoder_layers(fast, target=target, onednn=onednn) is True
     layers = fast.base_model.encoder.layer
     assert all(isinstance(layer, FusedEncoderLayer) for layer in layers)
+    assert all(layer.batched_attention is (target == "cuda") for layer in layers)
+    assert all(layer.onednn is (target == "cpu" and onednn is not False) for layer in layers)
     assert [layer.first_token_only for layer in layers] == [False] * (len(layers) - 1) + [True]
     ids, mask = _padded_batch()
     want, got = _logits(full, ids, mask), _logits(fast, ids, mask)
@@ -584,10 +594,11 @@ def test_fused_encoder_layers_only_where_they_reproduce_the_model(
     assert torch.equal(_logits(model, ids, mask), want)
 
 
-def test_prepacked_weights_give_the_same_logits(tiny_path: Path) -> None:
+def test_prepacked_weights_give_the_same_logits(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from rag_app import fused_encoder
     from rag_app.fused_encoder import PackedLinear, fuse_encoder_layers, prepack_encoder_layers
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
@@ -595,10 +606,20 @@ def test_prepacked_weights_give_the_same_logits(tiny_path: Path) -> None:
     assert fuse_encoder_layers(model) is True
     ids, mask = _padded_batch()
     want = _logits(model, ids, mask)
+    with monkeypatch.context() as patch:  # a torch build without the private reorder op
+        patch.setattr(fused_encoder.torch.ops.mkldnn, "_reorder_linear_weight", None, raising=False)
+        unpacked = list(model.base_model.encoder.layer)
+        assert prepack_encoder_layers(model) is False
+        assert list(model.base_model.encoder.layer) == unpacked
     assert prepack_encoder_layers(model) is True
     layer = model.base_model.encoder.layer[0]
     assert all(isinstance(getattr(layer, name), PackedLinear) for name in layer.LINEARS)
     assert torch.allclose(_logits(model, ids, mask), want, atol=1e-6)
+    # A caller-made 4D bool mask (True = attend) masks like the 2D one instead of being added as 0/1.
+    bool_mask = (mask[:, None, None, :] > 0).expand(-1, 1, ids.shape[1], -1)
+    assert torch.allclose(_logits(model, ids, bool_mask), want, atol=1e-6)
+    with pytest.raises(RuntimeError, match="cannot be cast or moved"):
+        model.to(torch.bfloat16)
     plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
     assert fuse_encoder_layers(plain, onednn=False) is True
     assert prepack_encoder_layers(plain) is False  # packed weights are for the oneDNN kernels only
