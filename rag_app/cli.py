@@ -325,7 +325,7 @@ def demo(
 ) -> None:
     """Build the sample indexes from data/ and answer one question per site (no servers needed)."""
     from rag_app.demo import answer_demo_questions, build_sample_indexes, demo_settings
-    from rag_app.rerank import get_reranker
+    from rag_app.rerank import FallbackReranker, get_reranker
 
     settings = demo_settings(load_settings(config, data_dir=data_dir))
     console.rule("indexing sample data")
@@ -334,11 +334,12 @@ def demo(
     reranker = get_reranker(settings)
     console.rule("models")
     console.print(f"reranker: {reranker.describe()}", highlight=False, markup=False, soft_wrap=True)
-    if not reranker.available:
+    if isinstance(reranker, FallbackReranker):
         console.print(
             "[yellow]reranker weights are not on this machine: results keep the hybrid retrieval "
             "order (reranked: false). Fetch them with `rag-app models pull`.[/yellow]"
         )
+        reranker.acknowledge()  # said here once; no repeat of it as a log warning
     for question, out in answer_demo_questions(settings):
         console.rule(f"{question.site} / {question.program}")
         _print_answer(question.question, out, skip_notes=("reranker unavailable",))

@@ -593,6 +593,12 @@ class FallbackReranker:
         self.model_id = model
         self.revision = revision
 
+    def acknowledge(self) -> None:
+        """The caller has already shown the user why (the demo's models banner): skip the log warning."""
+        global _fallback_warned
+        with _fallback_warned_lock:
+            _fallback_warned = True
+
     def _warn_once(self) -> None:
         global _fallback_warned
         with _fallback_warned_lock:

@@ -325,6 +325,13 @@ def test_fallback_keeps_retrieval_order_and_warns_once(
     assert len(warnings) == 1
     with pytest.raises(ModelNotAvailableError):
         reranker.score(QUERY, TEXTS)
+    # A caller that has shown the reason itself (the demo) acknowledges it: no log warning at all.
+    rr._reset_fallback_warning()
+    caplog.clear()
+    reranker.acknowledge()
+    with caplog.at_level(logging.WARNING, logger="rag_app.rerank"):
+        reranker.rerank(QUERY, candidates, top_n=5)
+    assert not [r for r in caplog.records if r.name == "rag_app.rerank"]
 
 
 def test_fail_mode_raises_a_helpful_error(tmp_path: Path) -> None:
