@@ -534,7 +534,8 @@ class CrossEncoderReranker:
 
     def describe(self) -> str:
         rev = f"@{self.revision[:12]}" if self.revision else ""
-        picked = f"{self.backend} (auto)" if self.requested_backend == "auto" else self.backend
+        notes = (["auto"] if self.requested_backend == "auto" else []) + list(self._backend.optimizations)
+        picked = f"{self.backend} ({', '.join(notes)})" if notes else self.backend
         return (
             f"{self.model_id}{rev} [{self.resolved.origin}: {self.path}] backend={picked} "
             f"max_length={self.max_length} query_max_tokens={self.query_max_tokens} "
@@ -550,6 +551,7 @@ class CrossEncoderReranker:
             "origin": self.resolved.origin,
             "backend": self.backend,
             "requested_backend": self.requested_backend,
+            "backend_optimizations": list(self._backend.optimizations),
             "max_length": self.max_length,
             "query_max_tokens": self.query_max_tokens,
             "batch_size": self.batch_size,

@@ -60,6 +60,8 @@ class Backend(Protocol):
 
     name: str
     input_names: tuple[str, ...]
+    #: What was done to the model beyond the backend's precision (shown by ``describe``/``doctor``).
+    optimizations: tuple[str, ...]
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -115,11 +117,14 @@ class TorchBackend:
     thread count is process-global and left as the process configured it.
     """
 
-    def __init__(self, model: Any, name: str, input_names: Sequence[str]) -> None:
+    def __init__(
+        self, model: Any, name: str, input_names: Sequence[str], optimizations: Sequence[str] = ()
+    ) -> None:
         import torch
 
         self.name = name
         self.input_names = tuple(input_names)
+        self.optimizations = tuple(optimizations)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self._torch = torch
@@ -133,13 +138,13 @@ class TorchBackend:
         if name not in ("torch-fp32", "torch-bf16", "cuda-fp16"):  # pragma: no cover - resolve_backend
             raise ValueError(f"not a torch backend: {name}")
         model = model.float()
-        fused = False
+        fused = packed = False
         if name != "torch-fp32":  # fp32 stays the model as loaded: the reference the others are tested on
             fused = fuse_encoder_layers(model, target="cuda" if name == "cuda-fp16" else "cpu")  # fp32 check
         if name == "torch-bf16":
             model = model.to(torch.bfloat16)
             if fused:
-                prepack_encoder_layers(model)  # after the cast: packed weights cannot be cast again
+                packed = prepack_encoder_layers(model)  # after the cast: packed weights cannot be cast again
             else:
                 # HF's own layers: eager attention in bf16 measured ~13% faster than SDPA on this CPU
                 # (20 pairs x 256 tokens, bge-reranker-base architecture): SDPA's CPU kernel upcasts.
@@ -148,7 +153,8 @@ class TorchBackend:
         elif name == "cuda-fp16":
             model = model.to(device="cuda", dtype=torch.float16)
         release_freed_memory()  # the fp32 weights that the cast replaced
-        return cls(model, name, input_names)
+        done = [label for label, on in (("fused-layers", fused), ("prepacked-weights", packed)) if on]
+        return cls(model, name, input_names, done)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
@@ -175,6 +181,7 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = name
+        self.optimizations: tuple[str, ...] = ()
         self.path = path
         session_inputs = [i.name for i in self.session.get_inputs()]
         missing = [n for n in session_inputs if n not in input_names]

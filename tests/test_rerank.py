@@ -646,3 +646,9 @@ def test_torch_backends_fuse_all_but_the_fp32_reference(tiny_path: Path) -> None
         assert isinstance(layer, FusedEncoderLayer) is (name != "torch-fp32"), name
         if name == "torch-bf16":
             assert isinstance(layer.intermediate, PackedLinear)
+            assert backend.optimizations == ("fused-layers", "prepacked-weights")
+        else:
+            assert backend.optimizations == ()
+    described = CrossEncoderReranker(str(tiny_path), revision=None, backend="auto").describe()
+    if "torch-bf16" in available_backends():  # what `doctor` and the demo show
+        assert "backend=torch-bf16 (auto, fused-layers, prepacked-weights)" in described
