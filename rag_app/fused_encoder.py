@@ -45,7 +45,7 @@ from torch import nn
 
 logger = logging.getLogger("rag_app.rerank")
 
-#: Encoders with BERT's layer layout whose classification head reads position 0 only.
+#: Encoders with BERT's layer layout (their sequence-classification heads read position 0 only).
 FUSABLE_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
 #: ``config.hidden_act`` -> ``approximate`` argument of GELU (erf, or the tanh approximation).
 _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -173,12 +173,15 @@ def attention_batched(
 
 
 def fuse_encoder_layers(model: Any, *, target: str = "cpu", onednn: bool | None = None) -> bool:
-    """Swap a loaded ``*ForSequenceClassification`` encoder's layers for :class:`FusedEncoderLayer`.
+    """Swap a loaded encoder's layers for :class:`FusedEncoderLayer`.
 
-    Call it on the fp32 model before casting it to bf16/fp16 or moving it to a GPU (the new QKV Linear
-    follows ``model.to`` like any parameter). Returns True if the layers were swapped. Returns False, with
-    the model unchanged, if the architecture is not one it knows or if the fused model's logits differ
-    from the original's on a padded dummy batch. ``target`` is the device type the model will run on:
+    ``model`` is a ``*ForSequenceClassification`` model (a reranker: its last layer then computes
+    position 0 only) or a bare encoder such as a sentence-transformers ``BertModel`` (an embedder: every
+    position, for pooling). Call it on the fp32 model before casting it to bf16/fp16 or moving it to a
+    GPU (the new QKV Linear follows ``model.to`` like any parameter). Returns True if the layers were
+    swapped. Returns False, with the model unchanged, if the architecture is not one it knows or if the
+    fused model's output (logits, or last hidden states) differs from the original's on a padded dummy
+    batch. ``target`` is the device type the model will run on:
     ``"cpu"`` (oneDNN kernels where torch has them, unless ``onednn`` says otherwise; per-sequence
     attention) or ``"cuda"`` (plain ops, batched SDPA).
     """
@@ -198,6 +201,7 @@ def fuse_encoder_layers(model: Any, *, target: str = "cpu", onednn: bool | None 
         raise ValueError(f"target must be 'cpu' or 'cuda', not {target!r}")
     on_cpu = target == "cpu"
     use_onednn = on_cpu and (onednn_available() if onednn is None else onednn)
+    head_reads_first_token = type(model).__name__.endswith("ForSequenceClassification")
     original = list(layers)
     previous_attention = getattr(config, "_attn_implementation", None)
     with contextlib.suppress(AttributeError, ValueError):
@@ -208,7 +212,7 @@ def fuse_encoder_layers(model: Any, *, target: str = "cpu", onednn: bool | None 
                 FusedEncoderLayer(
                     layer,
                     gelu_approximate=approximate,
-                    first_token_only=i == len(original) - 1,
+                    first_token_only=head_reads_first_token and i == len(original) - 1,
                     onednn=use_onednn,
                     batched_attention=not on_cpu,
                 )
@@ -285,6 +289,13 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
+def _output(out: Any) -> torch.Tensor:
+    """What the caller uses: a classifier's logits, or a bare encoder's last hidden states (all positions;
+    the fused layers compute padded ones the same way too)."""
+    logits = getattr(out, "logits", None)
+    return (logits if logits is not None else out.last_hidden_state).float()
+
+
 def _encoder_layers(model: Any) -> Any:
     return getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
 
@@ -297,10 +308,10 @@ def _swap_if_same(
     ids, mask = _dummy_batch(model)
     try:
         with torch.inference_mode():
-            want = model(input_ids=ids, attention_mask=mask).logits.float()
+            want = _output(model(input_ids=ids, attention_mask=mask))
             for i, layer in enumerate(new_layers):
                 layers[i] = layer
-            got = model(input_ids=ids, attention_mask=mask).logits.float()
+            got = _output(model(input_ids=ids, attention_mask=mask))
         same = bool(torch.allclose(want, got, rtol=rtol, atol=atol))
         reason = f"max logit difference {(want - got).abs().max().item():.3g}"
     except (AttributeError, RuntimeError, TypeError, ValueError) as exc:
