@@ -69,6 +69,8 @@ Backends (``reranker_backend``) and what ``auto`` picks
     512     12067         10036 (1.20x) 2277 (5.30x) 5776 (2.09x) 3081 (3.92x)
     ======  ============  ============  ===========  ===========  ===========
 
+    A second full run gave torch-bf16 4.47x / 4.77x / 4.95x at 128 / 256 / 512 tokens.
+
     torch-bf16 runs the encoder through :mod:`rag_app.fused_encoder` (fused QKV, GELU and residual
     kernels with prepacked weights, attention one sequence at a time, a last layer that computes only
     the position the head reads); with Hugging Face's own layers in bf16 it measured 3.5-4.2x at 256
