@@ -150,13 +150,13 @@ def _fuse_for_bf16_cpu(model: Any) -> tuple[str, ...]:
     """
     import torch
 
-    from rag_app.fused_encoder import fuse_encoder_layers, prepack_encoder_layers
+    from rag_app.fused_encoder import fuse_and_cast
 
     encoder = getattr(model[0], "auto_model", None) if len(model) else None
-    fused = encoder is not None and fuse_encoder_layers(encoder.float())  # fp32 check, before the cast
-    model.to(torch.bfloat16)
-    packed = fused and prepack_encoder_layers(encoder)  # after the cast: packed weights stay as they are
-    return tuple(label for label, on in (("fused-layers", fused), ("prepacked-weights", packed)) if on)
+    if encoder is None:
+        model.to(torch.bfloat16)
+        return ()
+    return fuse_and_cast(encoder, lambda: model.to(torch.bfloat16))
 
 
 # ------------------------------------------------------------------------------------------ ollama

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,7 +90,10 @@ class FusedEncoderLayer(nn.Module):
         self.batched_attention = batched_attention
         weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])
         bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])
-        self.qkv = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        # skip_init: no random initialisation of weights that are overwritten on the next line.
+        self.qkv = nn.utils.skip_init(
+            nn.Linear, weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype
+        )
         with torch.no_grad():
             self.qkv.weight.copy_(weight)
             self.qkv.bias.copy_(bias)
@@ -231,6 +235,20 @@ def fuse_encoder_layers(model: Any, *, target: str = "cpu", onednn: bool | None 
     return False
 
 
+def fuse_and_cast(model: Any, cast: Callable[[], Any], *, target: str = "cpu") -> tuple[str, ...]:
+    """Fuse ``model``'s encoder layers (checked in fp32), run ``cast`` (the caller's ``.to(...)``, which may
+    cover a larger module holding ``model``), then prepack the weights if the model stayed on CPU.
+
+    The one order that works: the check needs fp32, and packed weights cannot be cast. Returns what was
+    applied beyond the cast, as ``describe()`` names it: ``("fused-layers", "prepacked-weights")``, a
+    prefix of it, or ``()`` when the model runs as loaded.
+    """
+    fused = fuse_encoder_layers(model.float(), target=target)
+    cast()
+    packed = fused and prepack_encoder_layers(model)
+    return tuple(label for label, on in (("fused-layers", fused), ("prepacked-weights", packed)) if on)
+
+
 #: Rows (pairs x tokens) oneDNN picks its weight blocking for: 8 pairs of 256 tokens, the default batch
 #: at a typical passage length. Any other row count runs on the same packed weights.
 PREPACK_ROWS_HINT = 2048
@@ -303,7 +321,7 @@ def _encoder_layers(model: Any) -> Any:
 def _swap_if_same(
     model: Any, layers: Any, new_layers: list[nn.Module], *, rtol: float, atol: float
 ) -> tuple[bool, str]:
-    """Put ``new_layers`` in place of ``layers``; keep them only if the dummy-batch logits stay the same."""
+    """Put ``new_layers`` in place of ``layers``; keep them only if the dummy-batch output stays the same."""
     original = list(layers)
     ids, mask = _dummy_batch(model)
     try:
@@ -313,7 +331,7 @@ def _swap_if_same(
                 layers[i] = layer
             got = _output(model(input_ids=ids, attention_mask=mask))
         same = bool(torch.allclose(want, got, rtol=rtol, atol=atol))
-        reason = f"max logit difference {(want - got).abs().max().item():.3g}"
+        reason = f"max output difference {(want - got).abs().max().item():.3g}"
     except (AttributeError, RuntimeError, TypeError, ValueError) as exc:
         same, reason = False, str(exc)
     if not same:

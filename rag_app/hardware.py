@@ -54,13 +54,11 @@ def release_freed_memory() -> None:
     this call). Does nothing on other C libraries.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None or platform.system() != "Linux":
+    if platform.system() != "Linux":
         return
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the C library already loaded into this process
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return
     trim(0)
