@@ -56,6 +56,21 @@ def make_test_settings(
     return Settings(**values)
 
 
+def set_offline_cli_env(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, programs_dir: Path = REPO_ROOT / "programs"
+) -> None:
+    """:func:`make_test_settings`'s offline choices as ``RAG_*`` variables, for CLI commands that load
+    their own settings: no LM, fp32 vectors, a reranker path that does not exist with ``fallback``."""
+    for key, value in {
+        "RAG_PROGRAMS_DIR": str(programs_dir),
+        "RAG_LM_MODEL": "",
+        "RAG_RERANKER_MODEL": str(data_dir / "no-such-reranker"),
+        "RAG_RERANKER_ON_MISSING": "fallback",
+        "RAG_EMBEDDER_PRECISION": "float32",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
 @pytest.fixture(scope="session")
 def sample_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All four sample collections from data/, ingested once per test session."""

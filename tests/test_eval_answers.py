@@ -27,6 +27,7 @@ from rag_app.evaluation.datasets import EvalExample, dataset_hash, load_eval_jso
 from rag_app.programs import program_class
 from rag_app.settings import Settings
 from rag_app.types import Citation, Passage
+from tests.conftest import set_offline_cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "data" / "eval"
@@ -208,14 +209,7 @@ def test_cli_eval_answers_on_the_real_index(
 ) -> None:
     index_dir = sample_index_dir
     monkeypatch.chdir(tmp_path)
-    for key, value in {
-        "RAG_PROGRAMS_DIR": str(REPO / "programs"),
-        "RAG_LM_MODEL": "",
-        "RAG_RERANKER_MODEL": str(index_dir / "no-such-reranker"),
-        "RAG_RERANKER_ON_MISSING": "fallback",
-        "RAG_EMBEDDER_PRECISION": "float32",
-    }.items():
-        monkeypatch.setenv(key, value)
+    set_offline_cli_env(monkeypatch, index_dir, REPO / "programs")
     app, eval_app = typer.Typer(), typer.Typer()
     app.add_typer(eval_app, name="eval")
     register(app, eval_app)

@@ -47,7 +47,7 @@ from rag_app.programs import program_class
 from rag_app.retrieve import LanceDBRetriever
 from rag_app.settings import Settings
 from rag_app.types import Citation
-from tests.conftest import make_test_settings
+from tests.conftest import make_test_settings, set_offline_cli_env
 from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,14 +347,7 @@ def cli() -> typer.Typer:
 @pytest.fixture
 def cli_env(index_dir: Path, programs_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.chdir(tmp_path)  # no ./rag.toml
-    for key, value in {
-        "RAG_PROGRAMS_DIR": str(programs_dir),
-        "RAG_LM_MODEL": "",
-        "RAG_RERANKER_MODEL": str(index_dir / "no-such-reranker"),
-        "RAG_RERANKER_ON_MISSING": "fallback",
-        "RAG_EMBEDDER_PRECISION": "float32",
-    }.items():
-        monkeypatch.setenv(key, value)
+    set_offline_cli_env(monkeypatch, index_dir, programs_dir)
     return index_dir
 
 
