@@ -572,17 +572,21 @@ def optimize_program(
             optimizer, budget, lm, num_threads=num_threads, log_dir=gepa_dir, n_dev=len(devset)
         )
 
+    def evaluate(step: str, key: str, program_: dspy.Module, what: str, *, reuse: bool) -> dict[str, Any]:
+        """The dev evaluation of one step, from the checkpoint when ``reuse`` allows it."""
+        record = checkpoint.find(step, key)
+        if record is not None and reuse:
+            resumed.append(step)
+            say(f"dev score {step} (from the checkpoint): {record['evaluation']['score']:.3f}")
+            return record["evaluation"]
+        say(f"evaluating the {what} program on {len(devset)} dev row(s)")
+        result = evaluate_program(program_, devset, lm, num_threads=num_threads, progress=progress)
+        checkpoint.add(step, key, evaluation=result)
+        say(f"dev score {step}: {result['score']:.3f}")
+        return result
+
     # 1. before
-    record = checkpoint.find("before", before_key)
-    if record is not None:
-        before = record["evaluation"]
-        resumed.append("before")
-        say(f"dev score before (from the checkpoint): {before['score']:.3f}")
-    else:
-        say(f"evaluating the unoptimized program on {len(devset)} dev row(s)")
-        before = evaluate_program(student, devset, lm, num_threads=num_threads, progress=progress)
-        checkpoint.add("before", before_key, evaluation=before)
-        say(f"dev score before: {before['score']:.3f}")
+    before = evaluate("before", before_key, student, "unoptimized", reuse=True)
 
     # 2. compile
     pending = target.parent / f".{program}.{run_key[:12]}.pending.json"
@@ -603,17 +607,8 @@ def optimize_program(
         optimized.save(str(pending))
         checkpoint.add("compiled", run_key, pending=str(pending))
 
-    # 3. after
-    record = checkpoint.find("after", run_key)
-    if record is not None and "compiled" in resumed:
-        after = record["evaluation"]
-        resumed.append("after")
-        say(f"dev score after (from the checkpoint): {after['score']:.3f}")
-    else:
-        say(f"evaluating the optimized program on {len(devset)} dev row(s)")
-        after = evaluate_program(optimized, devset, lm, num_threads=num_threads, progress=progress)
-        checkpoint.add("after", run_key, evaluation=after)
-        say(f"dev score after: {after['score']:.3f}")
+    # 3. after: reused only together with the compiled program it measured
+    after = evaluate("after", run_key, optimized, "optimized", reuse="compiled" in resumed)
     if not after["modes"].get("lm"):
         notes.append(
             "no dev answer came from the LM (every LM call failed, so the program answered extractively): "
