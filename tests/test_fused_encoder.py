@@ -1,7 +1,8 @@
 """The fused encoder layers behind torch-bf16, cuda-fp16 and the bf16 embedder compute the original function.
 
 Every test compares against the unmodified Hugging Face model on a padded batch, in fp32 (bf16 only
-where it says so). The tiny cross-encoder is built here with random weights and a real tokenizer.
+where it says so). The tiny cross-encoder (``tiny_path``, conftest) has random weights and a real
+tokenizer.
 """
 
 from __future__ import annotations
@@ -10,13 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.tiny_models import build_tiny_cross_encoder
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce")
 
 
 def _logits(model: Any, ids: Any, mask: Any) -> Any:

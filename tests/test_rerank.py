@@ -30,7 +30,6 @@ from rag_app.rerank import (
 from rag_app.rerank_backends import resolve_backend
 from rag_app.settings import Settings
 from rag_app.types import Passage
-from tests.tiny_models import build_tiny_cross_encoder
 
 QUERY = "how do plants turn sunlight into chemical energy"
 TEXTS = [
@@ -43,11 +42,6 @@ TEXTS = [
     "The Calvin cycle fixes carbon dioxide into sugars in the chloroplast stroma.",
     "Tarot's Tower card stands for sudden upheaval and revelation.",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce")
 
 
 @pytest.fixture(scope="session")
