@@ -1,10 +1,10 @@
 """A faster, inference-only layer for BERT-family cross-encoders (bge-reranker, MiniLM): same function.
 
 Why it exists: reranking cost is the encoder forward over 20 (query, passage) pairs. In bf16 on a
-2-core Zen 5 CPU the GEMMs of Hugging Face's eager layer already ran near the bf16 peak, yet ~30% of
-the forward was spent outside them (``torch.profiler``, 8 pairs x 256 tokens, bge-reranker-base
-architecture): softmax 7%, GELU 6%, the score scaling 5%, copies 3%. Those are passes over memory: a
-batch's heads x L x L attention scores are ~13 MB per layer and the GELU input is 2048 x 3072. The
+2-core Zen 5 CPU the GEMMs of Hugging Face's eager layer already ran near the bf16 peak; a
+``torch.profiler`` run over one 8 x 256-token batch put most of the remaining time in softmax, GELU,
+the score scaling and copies. Those are passes over memory: a batch's heads x L x L attention scores
+are ~13 MB per layer and the GELU input is 2048 x 3072. The
 :class:`FusedEncoderLayer` computes the same layer with fewer passes:
 
 * Q, K and V are one GEMM (hidden -> 3 x hidden) instead of three.
@@ -17,11 +17,10 @@ batch's heads x L x L attention scores are ~13 MB per layer and the GELU input i
 * The last layer computes position 0 only, which is all the classification head reads. Keys and values
   still see every token. This saves about 7% of a 12-layer encoder's matmul work.
 
-Effect, measured in one process on this machine (8 pairs x 256 tokens, bf16, bge-reranker-base
-architecture, alternating calls): Hugging Face's eager layers 611 ms median, fused 478 ms; with the
-weights prepacked once for oneDNN (:func:`prepack_encoder_layers`) a further 501 -> 455 ms. End to end
-(``benchmarks/rerank.py``, 20 pairs x 256 tokens) the bf16 backend went from 3.5-4.2x to 4.5x faster than
-``CrossEncoder.predict`` defaults; the table is in :mod:`rag_app.rerank`.
+Effect, ``python benchmarks/rerank.py --tokens 256 --repeats 5 --backends torch-bf16`` run back to
+back on the code before and after each step (speed-up over ``CrossEncoder.predict`` defaults, 20 pairs
+x 256 tokens): Hugging Face's eager layers 3.53x, fused layers 3.99x, fused with the weights prepacked
+once for oneDNN (:func:`prepack_encoder_layers`) 4.59x. The full table is in :mod:`rag_app.rerank`.
 
 :func:`fuse_encoder_layers` applies it only to encoders whose layer layout it knows (BERT, RoBERTa,
 XLM-R; absolute positions; erf or tanh GELU). It applies it only if the fused model gives the same
@@ -257,9 +256,9 @@ PREPACK_ROWS_HINT = 2048
 class PackedLinear(nn.Module):
     """A Linear's weight reordered once into oneDNN's blocked layout, plus its bias (inference only).
 
-    ``_linear_pointwise`` reorders a plain weight on every call. Doing it once made the bf16 forward 9%
-    faster (8 pairs x 256 tokens, bge-reranker-base architecture: 501 -> 455 ms median, same logits bit
-    for bit). The packed weight is an opaque tensor that only the oneDNN ops read, so a layer holding it
+    ``_linear_pointwise`` reorders a plain weight on every call. Doing it once took the bf16 backend from
+    3.99x to 4.59x over ``CrossEncoder.predict`` at 256 tokens (module docstring), with the same logits
+    bit for bit. The packed weight is an opaque tensor that only the oneDNN ops read, so a layer holding it
     can no longer be cast or moved: pack after the last ``model.to``.
     """
 

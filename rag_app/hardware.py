@@ -50,8 +50,8 @@ def release_freed_memory() -> None:
     """Hand memory that the process has freed back to the OS, where the C library can (glibc).
 
     glibc keeps freed heap memory in its arenas. After a model is loaded in fp32 and then cast to bf16,
-    the process can keep ~160 MiB it no longer uses (bge-reranker-base: RSS 951 -> 788 MiB after
-    this call). Does nothing on other C libraries.
+    the process can keep much of the fp32 weights' memory although it no longer uses it. Does nothing
+    on other C libraries.
     """
     import ctypes
 
