@@ -31,13 +31,16 @@ from rag_app.answering import (
     GroundedOutput,
     GroundedProgram,
     best_sentence,
+    check_support,
     cite_sentence,
     combine_modes,
     format_passages,
+    instruction_note,
     not_blank,
     passage_citation,
-    terms,
+    unsupported_note,
 )
+from rag_app.programs import AnswerMode
 from rag_app.types import Citation, Passage
 
 SITE = "builddaily"
@@ -305,6 +308,9 @@ class ResourceHit(BaseModel):
     reason: str = Field(description="Why the page matches, grounded in the page text.")
     citation: int = Field(description="Index of the passage (in ``passages``) the reason comes from.")
     passage_id: str
+    mode: AnswerMode = Field(
+        "extractive", description="lm: the reason is LM text that passed the support check; else quoted."
+    )
 
 
 class ResourcesSearchOutput(GroundedOutput):
@@ -426,20 +432,29 @@ class ResourcesSearch(GroundedProgram):
         self.explain = dspy.Predict(ResourceReason)
 
     def reason(
-        self, query: str, passage: Passage, lm: Any, notes: list[str], exclude: Callable[[str], bool] | None
+        self,
+        query: str,
+        passage: Passage,
+        rank: int,
+        lm: Any,
+        notes: list[str],
+        exclude: Callable[[str], bool] | None,
     ) -> tuple[str, str]:
-        """A one-line reason for ``passage``: from the LM when it is grounded in the page, else the
-        page's best-matching sentence. Returns (reason, mode)."""
+        """A one-line reason for ``passage``: the LM's sentences that the page supports (the same
+        :func:`~rag_app.grounding.check_support` as every answer, the page standing as their citation),
+        else the page's best-matching sentence. Returns (reason, mode)."""
         if lm is not None:
             try:
                 block = format_passages([passage])
                 with dspy.context(lm=lm):
                     pred = self.explain(query=query, page=block)
-                text = " ".join(re.sub(r"\[\d+\]", "", str(pred.reason or "")).split())
-                page_terms = set(terms(f"{passage.title} {' '.join(passage.heading_path)} {passage.text}"))
-                reason_terms = set(terms(text))
-                if reason_terms and len(reason_terms & page_terms) >= 0.5 * len(reason_terms):
-                    return text, "lm"
+                text = " ".join(re.sub(r"\[[\d\s,;]*\]", "", str(pred.reason or "")).split())
+                min_support = self.settings.grounding_min_support
+                support = check_support(text, [passage], min_support=min_support, implied=[1])
+                if support.dropped:
+                    notes.append(f"result {rank}: {unsupported_note(support.dropped, min_support)}")
+                if support.text:
+                    return support.text, "lm"
                 note = "replaced LM reason(s) not supported by the page text with a quoted sentence"
                 if note not in notes:
                     notes.append(note)
@@ -464,13 +479,16 @@ class ResourcesSearch(GroundedProgram):
         pages = list(best.values())[: inputs.limit]
         if lm is None and lm_note and pages:
             notes.append(lm_note)
+        flagged = instruction_note(pages)
+        if flagged:
+            notes.append(flagged)
         exclude = near_miss_sentence_filter(wanted, products)
         start = time.perf_counter()
         hits: list[ResourceHit] = []
         citations: list[Citation] = []
         modes: list[str] = []
         for rank, passage in enumerate(pages, start=1):
-            reason, mode = self.reason(query, passage, lm, notes, exclude)
+            reason, mode = self.reason(query, passage, rank, lm, notes, exclude)
             modes.append(mode)
             score = passage.relevance if passage.relevance is not None else passage.score
             hits.append(
@@ -483,6 +501,7 @@ class ResourcesSearch(GroundedProgram):
                     reason=reason,
                     citation=rank,
                     passage_id=passage.id,
+                    mode=mode,  # type: ignore[arg-type]
                 )
             )
             quote = reason if mode == "extractive" else best_sentence(reason, passage)

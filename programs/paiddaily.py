@@ -5,7 +5,9 @@ the ``catalysts`` collection (dated notes on how a stock traded around an event)
 ``retrieve_k`` (20) passages with the store's prefilters (dates, tickers), rerank all of them, group
 them per ticker / per catalyst, keep the best ``limit`` groups, and give each a short rationale citing
 its own passages: written by the LM when there is one (grounded: it may cite only that item's
-passages), else the item's best-matching sentences.
+passages, and each sentence must be supported by the passages it cites), else the item's
+best-matching sentences. Each item says its own ``mode``; the output's is ``lm`` when any item carries
+LM text.
 
 Sector filter: :class:`~rag_app.types.SearchFilters` has no sector field, so ``tickers`` resolves the
 sector to the ids of the ticker pages whose ``metadata.sector`` matches (case-insensitive; every word
@@ -36,6 +38,7 @@ from rag_app.answering import (
     passage_citation,
 )
 from rag_app.errors import InputError
+from rag_app.programs import AnswerMode
 from rag_app.types import Citation, Passage, SearchFilters
 
 SITE = "paiddaily"
@@ -123,6 +126,7 @@ class TickerPick(BaseModel):
     score: float
     rationale: str
     citations: list[int] = Field(default_factory=list, description="Indices into the output's passages.")
+    mode: AnswerMode = Field("extractive", description="lm: the rationale is checked LM text; else quoted.")
 
 
 class TickersOutput(GroundedOutput):
@@ -147,6 +151,7 @@ class CatalystHit(BaseModel):
     score: float
     summary: str
     citations: list[int] = Field(default_factory=list, description="Indices into the output's passages.")
+    mode: AnswerMode = Field("extractive", description="lm: the summary is checked LM text; else quoted.")
 
 
 class CatalystsOutput(GroundedOutput):
@@ -220,7 +225,7 @@ class _PaidDailyProgram(GroundedProgram):
     def item_inputs(self, inputs: _Window, group: list[Passage]) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    def make_item(self, rank: int, top: Passage, grounded: Grounding) -> Any:  # pragma: no cover
+    def make_item(self, rank: int, top: Passage, grounded: Grounding, mode: str) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     @staticmethod
@@ -273,7 +278,7 @@ class _PaidDailyProgram(GroundedProgram):
                 continue
             modes.append(mode)
             parts.append(grounded)
-            items.append(self.make_item(len(items) + 1, group[0], grounded))
+            items.append(self.make_item(len(items) + 1, group[0], grounded, mode))
         if rejected:
             notes.append(self.rejected_note.format(", ".join(rejected)))
         if not candidates:
@@ -390,7 +395,7 @@ class Tickers(_PaidDailyProgram):
     def item_inputs(self, inputs: TickersInput, group: list[Passage]) -> dict[str, Any]:
         return {"setup": inputs.setup, "ticker": self.item_key(group[0])}
 
-    def make_item(self, rank: int, top: Passage, grounded: Grounding) -> TickerPick:
+    def make_item(self, rank: int, top: Passage, grounded: Grounding, mode: str) -> TickerPick:
         return TickerPick(
             rank=rank,
             ticker=self.item_key(top),
@@ -404,6 +409,7 @@ class Tickers(_PaidDailyProgram):
             score=_score(top),
             rationale=grounded.answer,
             citations=[c.index for c in grounded.citations],
+            mode=mode,  # type: ignore[arg-type]
         )
 
     @staticmethod
@@ -442,7 +448,7 @@ class Catalysts(_PaidDailyProgram):
         label = f"{top.title} ({when}; {', '.join(tickers) or 'market-wide'})"
         return {"description": inputs.description, "catalyst": label}
 
-    def make_item(self, rank: int, top: Passage, grounded: Grounding) -> CatalystHit:
+    def make_item(self, rank: int, top: Passage, grounded: Grounding, mode: str) -> CatalystHit:
         return CatalystHit(
             rank=rank,
             doc_id=top.doc_id,
@@ -455,6 +461,7 @@ class Catalysts(_PaidDailyProgram):
             score=_score(top),
             summary=grounded.answer,
             citations=[c.index for c in grounded.citations],
+            mode=mode,  # type: ignore[arg-type]
         )
 
     @staticmethod

@@ -6,8 +6,9 @@ card's passages compete only with passages about that card; then 3-5 passages ar
 (``rerank_top_n`` clamped to 3..5): first the best passage of each item, in the order given,
 preferring passages whose title/heading names the item ("The Tower" > "Reversed" for "Tower
 reversed"), then the remaining passages by reranker relevance, without duplicates. The reading is
-written from those passages with inline [n] citations (LM), or made of each item's best sentences
-(extractive). With only a question, the question itself is the one retrieval query.
+written from those passages with inline [n] citations (LM; each sentence must be supported by the
+passages it cites, else it is dropped, and with none left the reading is extractive), or made of each
+item's best sentences (extractive). With only a question, the question itself is the one retrieval query.
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@ falls back to an extractive answer the same way:
 * the LM for a call comes from :func:`~rag_app.lm.resolve_lm`; it is used per call with
   ``dspy.context(lm=...)``, never ``dspy.configure``: the server runs programs in threads, and a
   global LM would leak between requests;
+* passage sentences that read as instructions are withheld from the LM
+  (:func:`~rag_app.grounding.format_passages`) and counted in ``notes``;
 * the LM's answer goes through :func:`~rag_app.grounding.ground_answer` (citations of passages that
-  were not passed in are removed; an answer left without any is not found);
-* with no LM configured, an unreachable Ollama, or any exception from the LM call, programs answer
-  with :func:`~rag_app.extractive.extractive_answer` and say so in ``notes``.
+  were not passed in are removed; sentences the passages they cite do not support, by
+  ``Settings.grounding_min_support``, are dropped; an answer left without any citation is not found);
+* with no LM configured, an unreachable Ollama, any exception from the LM call, or an LM answer none
+  of whose cited sentences is supported, programs answer with
+  :func:`~rag_app.extractive.extractive_answer` and say so in ``notes``.
 
 :func:`ask` maps a free-text question to a program's input for the CLI. A program's optimized state is
 loaded from ``programs/<site>/<program>.json`` (:func:`state_path`) when present and named in
@@ -52,7 +56,16 @@ from rag_app.extractive import (
     extractive_answer,
     passage_citation,
 )
-from rag_app.grounding import Grounding, format_passages, ground_answer, parse_citations, passage_label
+from rag_app.grounding import (
+    Grounding,
+    check_support,
+    format_passages,
+    ground_answer,
+    instruction_note,
+    parse_citations,
+    passage_label,
+    unsupported_note,
+)
 from rag_app.lm import _CACHE_DIR as _CACHE_DIR  # re-exported: tests reset DSPy's cache dir through it
 from rag_app.lm import (
     PROBE_TIMEOUT_S,
@@ -87,6 +100,7 @@ __all__ = [
     "ask",
     "best_sentence",
     "build_lm",
+    "check_support",
     "cite_sentence",
     "clear_lm_caches",
     "combine_modes",
@@ -94,6 +108,7 @@ __all__ = [
     "format_passages",
     "get_program",
     "ground_answer",
+    "instruction_note",
     "is_ollama_model",
     "lm_unavailable_reason",
     "load_saved_state",
@@ -107,6 +122,7 @@ __all__ = [
     "split_sentences",
     "state_path",
     "terms",
+    "unsupported_note",
 ]
 
 
@@ -343,6 +359,11 @@ class GroundedProgram(SiteProgram):
         ``extractive_passages`` numbered ``numbers``.
         """
         start = time.perf_counter()
+        shown = list(extractive_passages) if extractive_passages is not None else list(passages)
+        flagged = instruction_note(shown, numbers)
+        if flagged and flagged not in notes:
+            notes.append(flagged)
+        dropped = 0
         try:
             if not passages:
                 for note in ("no passages matched the query", None if lm is not None else lm_note):
@@ -357,10 +378,21 @@ class GroundedProgram(SiteProgram):
                     with dspy.context(lm=lm), stream:
                         pred = predictor(**call_inputs)
                     grounded = ground_answer(
-                        str(getattr(pred, output_field) or ""), passages, allowed=allowed
+                        str(getattr(pred, output_field) or ""),
+                        passages,
+                        allowed=allowed,
+                        min_support=self.settings.grounding_min_support,
                     )
                     notes.extend(n for n in grounded.notes if n not in notes)
-                    return grounded, "lm"
+                    if not grounded.nothing_supported:
+                        return grounded, "lm"
+                    dropped = grounded.dropped
+                    note = (
+                        "no sentence of the LM's answer was supported by the passages it cites; "
+                        "extractive answer"
+                    )
+                    if note not in notes:
+                        notes.append(note)
                 except Exception as exc:
                     log.warning(
                         "LM call failed in %s/%s, answering extractively: %s: %s",
@@ -374,13 +406,8 @@ class GroundedProgram(SiteProgram):
                         notes.append(note)
             elif lm_note and lm_note not in notes:
                 notes.append(lm_note)
-            ex_passages = list(extractive_passages) if extractive_passages is not None else list(passages)
-            result = extractive_answer(question, ex_passages, max_sentences, numbers=numbers, exclude=exclude)
-            if result.skipped_instructions:
-                note = "ignored passage text that reads as instructions to the assistant"
-                if note not in notes:
-                    notes.append(note)
-            return Grounding(result.answer, result.citations), "extractive"
+            result = extractive_answer(question, shown, max_sentences, numbers=numbers, exclude=exclude)
+            return Grounding(result.answer, result.citations, dropped), "extractive"
         finally:
             timings["answer_ms"] = timings.get("answer_ms", 0.0) + (time.perf_counter() - start) * 1000
 
@@ -391,9 +418,12 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 
 
 def combine_modes(modes: Iterable[str]) -> str:
-    """``lm`` when every part was written by the LM, else ``extractive``."""
-    modes = list(modes)
-    return "lm" if modes and all(m == "lm" for m in modes) else "extractive"
+    """``lm`` when any part of the output carries LM-written text, else ``extractive``.
+
+    ``extractive`` promises that every word was quoted from the passages; one LM-written part (even
+    one that passed the support check) breaks that promise. Items say their own mode.
+    """
+    return "lm" if any(m == "lm" for m in modes) else "extractive"
 
 
 # ============================================================================================== ask

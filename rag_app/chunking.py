@@ -4,12 +4,19 @@ Sizes are counted with the embedder's own tokenizer, so a "256-token" chunk real
 instead of being silently truncated at embed time. A chunk never straddles two Markdown sections and
 tries to end at a sentence or line break. Ids are hashes of (document id, heading path, text), so
 re-ingesting the same files produces the same ids and adds nothing.
+
+Chunking streams: a text is tokenized in segments of :data:`SEGMENT_CHARS` characters cut at
+whitespace, and windows are cut from a bounded buffer of token spans, so a 50 MB document never has
+all its token offsets in memory at once (a Python list of ~12M offset tuples is gigabytes). Cutting
+at whitespace keeps the spans identical to whole-text tokenization for whitespace-pre-tokenized
+vocabularies (BERT WordPiece: MiniLM, nomic-embed-text), so chunks do not depend on the segment size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Protocol
 
 from rag_app.types import Chunk, Document, Section
@@ -19,6 +26,8 @@ SPECIAL_TOKENS_RESERVE = 2
 #: A window shorter than this (in tokens) is never produced by the budget arithmetic.
 MIN_BODY_TOKENS = 32
 _SENTENCE_END = (".", "!", "?", ";", ":")
+#: Characters tokenized at a time; tokens of a segment are dropped once every window past them is cut.
+SEGMENT_CHARS = 200_000
 
 
 class Tokenizer(Protocol):
@@ -47,6 +56,15 @@ def document_hash(doc: Document, fingerprint: str = "") -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def has_text(doc: Document) -> bool:
+    """Whether ``doc`` would produce any chunk (an empty file produces none and is skipped)."""
+    return any(s.text.strip() for s in _sections(doc))
+
+
+def _sections(doc: Document) -> list[Section]:
+    return doc.sections or [Section(heading_path=[], text=doc.text)]
+
+
 def chunk_document(
     doc: Document,
     *,
@@ -63,62 +81,134 @@ def chunk_document(
     ``max_input_tokens`` is the embedder's input limit: the header line and special tokens are
     subtracted from it so header + body always fit.
     """
+    return list(
+        iter_chunks(
+            doc,
+            site=site,
+            collection=collection,
+            tokenizer=tokenizer,
+            chunk_tokens=chunk_tokens,
+            overlap=overlap,
+            max_input_tokens=max_input_tokens,
+            fingerprint=fingerprint,
+        )
+    )
+
+
+def iter_chunks(
+    doc: Document,
+    *,
+    site: str,
+    collection: str,
+    tokenizer: Tokenizer,
+    chunk_tokens: int = 256,
+    overlap: int = 32,
+    max_input_tokens: int | None = None,
+    fingerprint: str = "",
+    segment_chars: int = SEGMENT_CHARS,
+) -> Iterator[Chunk]:
+    """:func:`chunk_document` as a stream, in bounded memory (ingest embeds while it chunks)."""
     doc_hash = document_hash(doc, fingerprint)
-    sections = doc.sections or [Section(heading_path=[], text=doc.text)]
-    chunks: list[Chunk] = []
-    seen: dict[str, int] = {}
-    for section in sections:
+    seen: dict[bytes, int] = {}  # digest of (doc, heading path, text) -> occurrences so far
+    index = 0
+    for section in _sections(doc):
         header = chunk_header(doc.title, section.heading_path)
         budget = chunk_tokens
         if max_input_tokens:
             header_tokens = len(tokenizer.token_spans(header)) + 1 if header else 0
             budget = min(budget, max_input_tokens - header_tokens - SPECIAL_TOKENS_RESERVE)
         budget = max(budget, MIN_BODY_TOKENS)
-        for piece in split_tokens(section.text, tokenizer, budget, min(overlap, budget // 2)):
+        pieces = iter_pieces(
+            section.text, tokenizer, budget, min(overlap, budget // 2), segment_chars=segment_chars
+        )
+        for piece in pieces:
             key = f"{doc.id}\x00{json.dumps(section.heading_path)}\x00{piece}"
-            occurrence = seen.get(key, 0)
-            seen[key] = occurrence + 1
+            digest = hashlib.sha1(key.encode()).digest()
+            occurrence = seen.get(digest, 0)
+            seen[digest] = occurrence + 1
             chunk_id = hashlib.sha1(f"{key}\x00{occurrence}".encode()).hexdigest()[:24]
-            chunks.append(
-                Chunk(
-                    id=chunk_id,
-                    doc_id=doc.id,
-                    doc_hash=doc_hash,
-                    site=site,
-                    collection=collection,
-                    chunk_index=len(chunks),
-                    text=piece,
-                    title=doc.title,
-                    source=doc.source,
-                    heading_path=section.heading_path,
-                    date=doc.date,
-                    tickers=doc.tickers,
-                    tags=doc.tags,
-                    metadata=doc.metadata,
-                )
+            yield Chunk(
+                id=chunk_id,
+                doc_id=doc.id,
+                doc_hash=doc_hash,
+                site=site,
+                collection=collection,
+                chunk_index=index,
+                text=piece,
+                title=doc.title,
+                source=doc.source,
+                heading_path=section.heading_path,
+                date=doc.date,
+                tickers=doc.tickers,
+                tags=doc.tags,
+                metadata=doc.metadata,
             )
-    return chunks
+            index += 1
 
 
 def split_tokens(text: str, tokenizer: Tokenizer, budget: int, overlap: int) -> list[str]:
     """Windows of at most ``budget`` tokens over ``text``, preferring to end at a sentence break."""
+    return list(iter_pieces(text, tokenizer, budget, overlap))
+
+
+def iter_pieces(
+    text: str, tokenizer: Tokenizer, budget: int, overlap: int, *, segment_chars: int = SEGMENT_CHARS
+) -> Iterator[str]:
+    """:func:`split_tokens` as a stream over a bounded buffer of token spans.
+
+    The buffer always holds the window being cut plus one token of look-ahead (what the sentence-break
+    rule reads), so the windows are exactly those of the whole-text version.
+    """
     text = text.strip()
     if not text:
-        return []
-    spans = tokenizer.token_spans(text)
-    if len(spans) <= budget:
-        return [text]
-    pieces: list[str] = []
+        return
+    source = iter_token_spans(text, tokenizer, segment_chars)
+    spans: list[tuple[int, int]] = []
+    done = False
+
+    def fill(n: int) -> None:
+        nonlocal done
+        while not done and len(spans) < n:
+            more = next(source, None)
+            if more is None:
+                done = True
+            else:
+                spans.extend(more)
+
+    fill(budget + 1)
+    if done and len(spans) <= budget:
+        yield text
+        return
     start = 0
     while start < len(spans):
+        fill(start + budget + 1)
         end = min(start + budget, len(spans))
-        if end < len(spans):
+        last = done and end >= len(spans)
+        if not last:
             end = _sentence_break(text, spans, start, end)
-        pieces.append(text[spans[start][0] : spans[end - 1][1]].strip())
-        if end >= len(spans):
+        piece = text[spans[start][0] : spans[end - 1][1]].strip()
+        if piece:
+            yield piece
+        if last:
             break
         start = max(end - overlap, start + 1)
-    return [p for p in pieces if p]
+        if start > max(4 * budget, len(spans) // 2):  # drop spans no window reaches again (amortised)
+            del spans[:start]
+            start = 0
+
+
+def iter_token_spans(
+    text: str, tokenizer: Tokenizer, segment_chars: int = SEGMENT_CHARS
+) -> Iterator[list[tuple[int, int]]]:
+    """Token spans of ``text`` (offsets into ``text``), one list per segment cut at whitespace."""
+    pos = 0
+    while pos < len(text):
+        end = min(pos + segment_chars, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", pos, end), text.rfind("\n", pos, end))
+            end = cut + 1 if cut > pos else end
+        yield [(pos + a, pos + b) for a, b in tokenizer.token_spans(text[pos:end])]
+        pos = end
 
 
 def _sentence_break(text: str, spans: list[tuple[int, int]], start: int, end: int) -> int:

@@ -50,6 +50,13 @@ def ingest(
     site: SiteOpt,
     collection: Annotated[str, typer.Option("--collection", help="Collection of the site.")],
     prune: Annotated[bool, typer.Option("--prune", help="Remove documents no longer in PATHS.")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "--force", help="Let --prune remove more than RAG_PRUNE_MAX_FRACTION."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be added, updated and removed; write nothing.")
+    ] = False,
     on_error: Annotated[str, typer.Option("--on-error", help="stop (default) or skip bad records.")] = "stop",
     csv_map: Annotated[
         str | None,
@@ -58,7 +65,12 @@ def ingest(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Load, chunk, embed and upsert documents (idempotent: unchanged documents cost nothing)."""
+    """Load, chunk, embed and upsert documents (idempotent: unchanged documents cost nothing).
+
+    One writer per collection at a time: a concurrent run waits for the first (RAG_INGEST_LOCK_TIMEOUT_S).
+    """
+    import logging
+
     from rag_app.errors import InputError
     from rag_app.ingest import ingest_paths
 
@@ -71,18 +83,26 @@ def ingest(
             raise InputError(f"--csv-map must look like 'id=col,text=col', got {csv_map!r}")
         columns = {k.strip(): v.strip() for k, v in pairs}
     settings = load_settings(config, data_dir=data_dir)
+    terminal = sys.stderr.isatty()
+    if not terminal:  # no progress bar: progress lines every RAG_INGEST_LOG_EVERY_CHUNKS chunks instead
+        logging.getLogger("rag_app.ingest").setLevel(logging.INFO)
     report = ingest_paths(
         settings,
         site,
         collection,
         paths,
         prune=prune,
+        force=yes,
+        dry_run=dry_run,
         on_error=on_error,  # type: ignore[arg-type]
         csv_columns=columns,
-        progress=sys.stderr.isatty(),
+        progress=terminal,
     )
     for skipped in report.skipped:
         note(f"skipped {skipped}")
+    if dry_run:
+        for doc_id in report.removed_ids:
+            console.print(f"would remove {doc_id}", highlight=False, markup=False)
     console.print(report.summary(), highlight=False)
 
 
@@ -194,7 +214,8 @@ def stats(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOp
         print_json([asdict(i) for i in infos])
         return
     table = Table(title=f"LanceDB at {settings.db_dir}")
-    for col in ("site", "collection", "rows", "documents", "embedder", "dim", "version", "indexes"):
+    columns = ("site", "collection", "rows", "documents", "embedder", "dim", "version", "indexes", "dup ids")
+    for col in columns:
         table.add_column(col)
     for i in infos:
         table.add_row(
@@ -206,8 +227,49 @@ def stats(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOp
             str(i.dimension),
             str(i.version),
             ", ".join(i.indices) or "none (flat scan)",
+            f"[red]{i.duplicate_ids}[/red]" if i.duplicate_ids else "0",
         )
     console.print(table if infos else "no tables yet: run `rag-app ingest` or `rag-app demo`")
+    for i in infos:
+        if i.duplicate_ids:
+            note(
+                f"{i.site}/{i.collection}: {i.duplicate_ids} chunk ids stored more than once "
+                f"({i.duplicate_rows} extra rows); repair with "
+                f"`rag-app maintain --dedupe --site {i.site} --collection {i.collection}`"
+            )
+
+
+@app.command()
+@handle_errors
+def maintain(
+    dedupe: Annotated[
+        bool, typer.Option("--dedupe", help="Remove extra rows of chunk ids stored more than once.")
+    ] = False,
+    site: Annotated[str | None, typer.Option("--site", help="Only this site (default: all).")] = None,
+    collection: Annotated[str | None, typer.Option("--collection", help="Only this collection.")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Repair tables: --dedupe keeps one row per chunk id (under the collection's writer lock)."""
+    from rag_app.errors import InputError
+    from rag_app.store import VectorStore
+
+    if not dedupe:
+        raise InputError("nothing to do: pass --dedupe")
+    if collection and not site:
+        raise InputError("--collection needs --site")
+    settings = load_settings(config, data_dir=data_dir)
+    store = VectorStore(settings)
+    targets = [
+        (s, c) for s in ([site] if site else list(settings.sites)) for c in store.check_site(s, collection)
+    ]
+    removed = {f"{s}/{c}": store.dedupe(s, c) for s, c in targets}
+    if as_json:
+        print_json({"removed_rows": removed})
+        return
+    for name, n in removed.items():
+        console.print(f"{name}: {n} duplicate rows removed", highlight=False)
 
 
 # ------------------------------------------------------------------------------ doctor / models

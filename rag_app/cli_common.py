@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from rag_app.errors import RagError
+from rag_app.errors import RagError, validation_message
 from rag_app.settings import Settings
 
 console = Console()
@@ -61,9 +61,7 @@ def handle_errors(func: F) -> F:
         except RagError as exc:
             raise _error(str(exc), exc.exit_code) from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            raise _error(f"invalid setting {where}: {first.get('msg')}", 2) from None
+            raise _error(f"invalid setting {validation_message(exc)}", 2) from None
         except FileNotFoundError as exc:
             raise _error(str(exc), 2) from None
 

@@ -1,7 +1,8 @@
 """What can run here: `rag-app doctor` (checks) and `rag-app models pull` (the one downloader).
 
 Checks never load a model: they look at files and ask servers with short timeouts, so doctor answers
-in a second even on a machine with nothing installed.
+in a second even on a machine with nothing installed. Stored tables are checked for chunk ids stored
+more than once (see ``rag-app maintain --dedupe``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from rag_app.hardware import cpu_has_bf16, cuda_available
 from rag_app.model_files import cache_status, hf_cache_location, is_local_path
-from rag_app.settings import BUNDLED_MINILM, Settings
+from rag_app.settings import BUNDLED_MINILM, Settings, setting_origin
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -39,13 +40,14 @@ def _ollama_has(models: list[str], name: str) -> bool:
 def run_checks(settings: Settings) -> list[dict[str, str]]:
     checks = [_check("data dir", "ok", f"{settings.data_dir.resolve()} (LanceDB at {settings.db_dir})")]
     ollama = ollama_models(settings.ollama_host)
+    host = f"{settings.ollama_host} (from {setting_origin(settings, 'ollama_host')})"
     checks.append(
-        _check("ollama server", "ok", f"{settings.ollama_host}: models {', '.join(ollama) or 'none'}")
+        _check("ollama server", "ok", f"{host}: models {', '.join(ollama) or 'none'}")
         if ollama is not None
         else _check(
             "ollama server",
             "unreachable",
-            f"{settings.ollama_host} did not answer; start `ollama serve` or set RAG_OLLAMA_HOST",
+            f"{host} did not answer; start `ollama serve` or set RAG_OLLAMA_HOST",
         )
     )
     checks.append(_check("hub cache", "ok", hf_cache_location(settings.hf_cache_dir)))
@@ -99,6 +101,40 @@ def run_checks(settings: Settings) -> list[dict[str, str]]:
         )
     )
     checks.append(_lm_check(settings, ollama))
+    checks.extend(integrity_checks(settings))
+    return checks
+
+
+def integrity_checks(settings: Settings) -> list[dict[str, str]]:
+    """One check per stored collection: chunk ids stored more than once are an error with its repair.
+
+    Concurrent writers from before the writer lock (or on another host) could insert a chunk twice;
+    search would then return it twice. Reads only: a missing database is not created here.
+    """
+    if not settings.db_dir.is_dir():
+        return []
+    from rag_app.store import VectorStore
+
+    store = VectorStore(settings)
+    checks = []
+    for site, collections in settings.sites.items():
+        for collection in collections:
+            table = store.open_table(site, collection)
+            if table is None:
+                continue
+            dups = store.duplicate_ids(table)
+            name = f"table {site}/{collection}"
+            if dups:
+                checks.append(
+                    _check(
+                        name,
+                        "error",
+                        f"{len(dups)} chunk ids stored more than once ({sum(dups.values())} extra rows); "
+                        f"repair: rag-app maintain --dedupe --site {site} --collection {collection}",
+                    )
+                )
+            else:
+                checks.append(_check(name, "ok", f"{table.count_rows()} rows, no duplicate ids"))
     return checks
 
 

@@ -47,3 +47,21 @@ class ServiceUnavailableError(RagError):
     """An external service (the Ollama server, an LM endpoint) did not answer."""
 
     exit_code = 6
+
+
+def validation_message(exc: Exception) -> str:
+    """One line naming each failing field, for a pydantic ``ValidationError`` (or any error).
+
+    pydantic's own ``str()`` spans lines and links to its docs: fine in a traceback, noise in a CLI
+    message or a JSON error, where the user needs the field and the reason only.
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for error in errors():
+        where = ".".join(str(part) for part in error.get("loc", ())) or "value"
+        message = str(error.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

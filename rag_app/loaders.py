@@ -2,7 +2,8 @@
 
 Loading is all-or-nothing per call: every file is parsed and validated before ingest writes a row, so
 a malformed line can never leave half a corpus in the index. Errors name the file and the line. With
-``on_error="skip"`` bad records are reported and left out instead of stopping the load.
+``on_error="skip"`` bad records are reported and left out instead of stopping the load. A file over
+``max_bytes`` is refused before it is read (a file is read whole: that is what would exhaust memory).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def load_paths(
     *,
     on_error: OnError = "stop",
     csv_columns: dict[str, str] | None = None,
+    max_bytes: int | None = None,
 ) -> LoadResult:
     """Load every supported file under ``paths`` (files or folders, recursively, sorted).
 
@@ -74,7 +76,12 @@ def load_paths(
             result.files += 1
             try:
                 docs = load_file(
-                    file, root=root, on_error=on_error, csv_columns=csv_columns, errors=result.errors
+                    file,
+                    root=root,
+                    on_error=on_error,
+                    csv_columns=csv_columns,
+                    errors=result.errors,
+                    max_bytes=max_bytes,
                 )
             except LoaderError:
                 raise
@@ -129,10 +136,12 @@ def load_file(
     on_error: OnError = "stop",
     csv_columns: dict[str, str] | None = None,
     errors: list[LoaderError] | None = None,
+    max_bytes: int | None = None,
 ) -> list[Document]:
-    """Load one file by its suffix."""
+    """Load one file by its suffix; a file over ``max_bytes`` is an error naming its size and the limit."""
     errors = errors if errors is not None else []
     suffix = path.suffix.lower()
+    check_file_size(path, max_bytes)
     text = read_text(path)
     if suffix in MARKDOWN_SUFFIXES:
         return [parse_markdown(text, path=path, root=root or path.parent)]
@@ -155,6 +164,19 @@ def _collect(
             errors.append(record)
         else:
             yield record
+
+
+def check_file_size(path: Path, max_bytes: int | None) -> None:
+    """Refuse a file larger than ``max_bytes`` (``RAG_MAX_DOCUMENT_BYTES``) before reading it."""
+    if max_bytes is None:
+        return
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise LoaderError(
+            path,
+            f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes (RAG_MAX_DOCUMENT_BYTES); "
+            "split it, or raise the limit",
+        )
 
 
 def read_text(path: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import dspy
 
 from rag_app.embeddings import Embedder, check_query, get_embedder
-from rag_app.errors import InputError
+from rag_app.errors import InputError, validation_message
 from rag_app.settings import SearchMode, Settings
 from rag_app.store import VectorStore
 from rag_app.types import Passage, SearchFilters
@@ -48,7 +48,7 @@ def as_filters(filters: SearchFilters | dict[str, Any] | None) -> SearchFilters 
     try:
         return SearchFilters.model_validate(filters)
     except ValueError as exc:
-        raise InputError(f"invalid filters: {exc}") from exc
+        raise InputError(f"invalid filters: {validation_message(exc)}") from exc
 
 
 class LanceDBRetriever(dspy.Module):

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["STOPWORDS", "count_words", "looks_like_instruction", "split_sentences", "terms"]
+__all__ = [
+    "STOPWORDS",
+    "WITHHELD",
+    "count_words",
+    "looks_like_instruction",
+    "split_sentences",
+    "terms",
+    "withhold_instructions",
+]
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’._-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"”')\]]*\s+(?=[\"“(\[]?[A-Z0-9$£€])")
@@ -31,9 +39,13 @@ _INSTRUCTION_LIKE = re.compile(
     r"context|above|previous|prior)\b"
     r"|\bsystem prompt\b"
     r"|\byou are now\b"
-    r"|\b(reply|respond|answer|output)\s+(only\s+)?(with|by saying)\b",
+    r"|\b(reply|respond|answer|output)\s+"
+    r"(only\s+(with|by saying)|(with\s+|by saying\s+)?(only|exactly|just)\b"
+    r"(?!\s+(if|when|once|after|to|within|for)\b))",
     re.IGNORECASE,
 )
+#: What the LM is shown instead of a withheld sentence (see :func:`withhold_instructions`).
+WITHHELD = "[withheld: text that reads as instructions to an assistant]"
 
 
 def _stem(word: str) -> str:
@@ -92,12 +104,44 @@ def split_sentences(text: str) -> list[str]:
 
 
 def looks_like_instruction(sentence: str) -> bool:
-    """True for text addressed to an assistant ("ignore previous instructions", "reply with ...").
+    """True for text addressed to an assistant ("ignore previous instructions", "reply only with ...",
+    "you are now", "system prompt"), the one prompt-injection detector of the project.
 
     Such sentences are commands planted in a document, not facts about it: the extractive answer never
-    quotes them.
+    quotes them, the LM is never shown them (:func:`withhold_instructions`) and they never count as
+    support for an answer. Plain "respond with" is not enough ("Respond with any 2xx status" is a fact
+    in a webhook guide); it takes "only", "exactly" or "just" to read as a command.
     """
     return bool(_INSTRUCTION_LIKE.search(sentence))
+
+
+def withhold_instructions(text: str, placeholder: str = WITHHELD) -> tuple[str, int]:
+    """``text`` with every sentence that :func:`looks_like_instruction` replaced by ``placeholder``
+    (everything else kept byte for byte), and how many were replaced.
+
+    Prompts call this before an LM sees passage text (a planted command it never reads cannot be
+    obeyed), and the support check calls it with ``placeholder=""`` so that a planted command's words
+    never count as evidence for an answer.
+    """
+    count = 0
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        start = 0
+        for piece_end, next_start in [
+            *((m.start(), m.end()) for m in _SENTENCE_BREAK.finditer(line)),
+            (len(line), len(line)),
+        ]:
+            piece = line[start:piece_end]
+            if looks_like_instruction(piece):
+                count += 1
+                bullet = _BULLET.match(piece)
+                lead = bullet.group(0) if bullet else piece[: len(piece) - len(piece.lstrip())]
+                out.append(lead + placeholder + piece[len(piece.rstrip()) :])
+            else:
+                out.append(piece)
+            out.append(line[piece_end:next_start])
+            start = next_start
+    return "".join(out), count
 
 
 def count_words(text: str) -> int:

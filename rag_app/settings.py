@@ -12,10 +12,13 @@ cache at run time (``rag-app models pull`` is the one command that downloads).
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +40,50 @@ DEFAULT_SITES: dict[str, list[str]] = {
 SearchMode = Literal["vector", "fts", "hybrid"]
 EmbedderBackend = Literal["sentence-transformers", "ollama"]
 Precision = Literal["auto", "float32", "bfloat16"]
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+#: Site and collection names become LanceDB table names and URL path segments: keep them boring.
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+
 RerankerBackend = Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "cuda-fp16"]
+
+
+def check_name(kind: str, name: str) -> str:
+    """Refuse a site or collection name LanceDB or a URL could not carry; ``kind`` names the field."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1-48 characters of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class _OllamaHostEnvSource(PydanticBaseSettingsSource):
+    """Ollama's own ``OLLAMA_HOST``, below ``RAG_OLLAMA_HOST`` and the config file.
+
+    Users of the Ollama CLI already export it; honouring it saves them a setting, but it must never
+    override the project's own, explicit ``RAG_OLLAMA_HOST``.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        host = os.environ.get("OLLAMA_HOST")
+        return {"ollama_host": host} if host else {}
+
+
+def setting_origin(settings: Settings, field: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where a setting's value most likely came from, for ``doctor`` (pydantic keeps no provenance)."""
+    env = os.environ if environ is None else environ
+    value = getattr(settings, field)
+    own = env.get(f"RAG_{field.upper()}")
+    if own is not None and str(value) == own:
+        return f"RAG_{field.upper()}"
+    if field == "ollama_host" and env.get("OLLAMA_HOST") == value:
+        return "OLLAMA_HOST"
+    if value == Settings.model_fields[field].default:
+        return "default"
+    return "config file or command-line option"
 
 
 class Settings(BaseSettings):
@@ -71,8 +117,8 @@ class Settings(BaseSettings):
     hf_cache_dir: Path | None = Field(None, description="Hugging Face cache; unset = the library default.")
 
     ollama_host: str = Field(
-        "http://127.0.0.1:11434",
-        validation_alias=AliasChoices("ollama_host", "RAG_OLLAMA_HOST", "OLLAMA_HOST"),
+        DEFAULT_OLLAMA_HOST,
+        description="RAG_OLLAMA_HOST, else the config file, else Ollama's own OLLAMA_HOST, else the default.",
     )
     ollama_timeout_s: float = Field(30.0, gt=0)
     ollama_retries: int = Field(3, ge=0, le=10)
@@ -83,6 +129,27 @@ class Settings(BaseSettings):
     # --- chunking ------------------------------------------------------------------------------
     chunk_tokens: int = Field(256, ge=16, le=8192)
     chunk_overlap: int = Field(32, ge=0)
+
+    # --- ingest limits -------------------------------------------------------------------------
+    max_document_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="A single file or document larger than this is refused (generous: streamed ingest "
+        "handles tens of MB in bounded memory).",
+    )
+    ingest_log_every_chunks: int = Field(
+        1000, ge=1, description="Off a terminal, log one progress line per this many chunks."
+    )
+    prune_max_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A prune that would remove more than this share of a collection's documents is "
+        "refused without --yes (an empty or mistaken input must not wipe a collection).",
+    )
+    ingest_lock_timeout_s: float = Field(
+        600.0, ge=0, description="How long a writer waits for another writer of the same collection."
+    )
 
     # --- retrieval -----------------------------------------------------------------------------
     retrieve_k: int = Field(20, ge=1, le=1000)
@@ -123,6 +190,12 @@ class Settings(BaseSettings):
     lm_temperature: float = Field(0.0, ge=0.0, le=2.0)
     lm_max_tokens: int = Field(1024, ge=16)
     lm_cache: bool = True
+    grounding_min_support: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of an answer sentence's content words that the passage it cites must contain.",
+    )
 
     # --- server --------------------------------------------------------------------------------
     server_host: str = "127.0.0.1"
@@ -130,7 +203,8 @@ class Settings(BaseSettings):
     server_workers: int = Field(1, ge=1, le=64)
     cors_origins: list[str] = Field(default_factory=list)
     request_deadline_s: float = Field(30.0, gt=0)
-    max_message_chars: int = Field(8000, ge=1)
+    max_message_chars: int = Field(8000, ge=1, description="Characters per chat message (and query).")
+    max_history_turns: int = Field(50, ge=0, description="Earlier chat turns accepted with a message.")
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     max_concurrency_embed: int = Field(4, ge=1)
     max_concurrency_rerank: int = Field(2, ge=1)
@@ -142,6 +216,17 @@ class Settings(BaseSettings):
     def _empty_lm_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in {"", "none", "off", "false"}:
             return None
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _safe_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for site, collections in value.items():
+            check_name("site", site)
+            for collection in collections:
+                check_name(f"collection of site {site!r}", collection)
+            if len(set(collections)) != len(collections):
+                raise ValueError(f"site {site!r} lists a collection twice: {collections}")
         return value
 
     @field_validator("chunk_overlap")
@@ -161,7 +246,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            _OllamaHostEnvSource(settings_cls),
+        )
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -8,7 +8,10 @@ results (see :func:`rrf_fuse`).
 
 Every write is one LanceDB commit (a new table version): ``merge_insert`` replaces a batch of
 documents' chunks atomically, so a crash between batches leaves each document either wholly old or
-wholly new, and the table always readable.
+wholly new, and the table always readable. Writers of one collection take its writer lock
+(:mod:`rag_app.locks`, :meth:`VectorStore.writer`) around their read-compare-write, so two writers
+never both insert the same chunk ids; :meth:`VectorStore.duplicate_ids` and :meth:`VectorStore.dedupe`
+detect and repair tables written before that (or by a writer on another host).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from rag_app.errors import EmbedderMismatchError, InputError
+from rag_app.locks import writer_locks
 from rag_app.settings import SearchMode, Settings
 from rag_app.types import Chunk, Passage, SearchFilters
 
@@ -124,6 +129,9 @@ class TableInfo:
     dimension: int
     version: int
     indices: list[str]
+    #: Chunk ids stored more than once, and the rows beyond the first of each (0 in a healthy table).
+    duplicate_ids: int = 0
+    duplicate_rows: int = 0
 
 
 class VectorStore:
@@ -135,6 +143,11 @@ class VectorStore:
         self.settings = settings
         settings.db_dir.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(settings.db_dir))
+        self.locks = writer_locks(settings)
+
+    def writer(self, site: str, collection: str) -> AbstractContextManager[None]:
+        """Exclusive write access to one collection: hold it around any read-compare-write."""
+        return self.locks.hold(site, collection)
 
     # ------------------------------------------------------------------------------ tables
     def check_site(self, site: str, collection: str | None = None) -> list[str]:
@@ -191,10 +204,12 @@ class VectorStore:
         if ids:
             table.delete(f"doc_id IN ({_sql_list(ids)})")
 
-    def refresh_indexes(self, table: Any) -> list[str]:
+    def refresh_indexes(self, table: Any, *, changed: bool = True) -> list[str]:
         """Full-text index always; the ANN index once the table passes ``ann_threshold_rows``.
 
         Below the threshold a flat scan is both exact and fast enough (see README benchmarks).
+        ``changed=False`` (nothing was written) only creates indexes that are missing: ``optimize``
+        compacts and re-indexes, which commits new table versions even when no row changed.
         Returns the names of indexes created or updated.
         """
         from lancedb.index import FTS
@@ -211,7 +226,7 @@ class VectorStore:
         if not has_vector_index and rows >= self.settings.ann_threshold_rows:
             table.create_index("vector", config=ann_index_config(self.settings.ann_index_type), replace=True)
             touched.append("vector_idx")
-        if existing:
+        if existing and changed:
             table.optimize()  # folds newly written rows into the indexes that already existed
         return touched
 
@@ -221,6 +236,7 @@ class VectorStore:
             return None
         meta = table.schema.metadata or {}
         docs = read_columns(table, ["doc_id"])["doc_id"]
+        dups = self.duplicate_ids(table)
         return TableInfo(
             site,
             collection,
@@ -230,7 +246,52 @@ class VectorStore:
             int(meta.get(META_DIM, b"0")),
             table.version,
             [f"{i.name} ({i.index_type})" for i in table.list_indices()],
+            len(dups),
+            sum(dups.values()),
         )
+
+    # ------------------------------------------------------------------------------ integrity
+    def duplicate_ids(self, table: Any) -> dict[str, int]:
+        """chunk id -> extra rows beyond the first, for ids stored more than once (empty if healthy)."""
+        ids = read_columns(table, ["id"])
+        if ids.num_rows == 0:
+            return {}
+        counts = ids.group_by("id").aggregate([("id", "count")])
+        pairs = zip(counts["id"].to_pylist(), counts["id_count"].to_pylist(), strict=True)
+        return {i: n - 1 for i, n in pairs if n > 1}
+
+    def dedupe(self, site: str, collection: str) -> int:
+        """Delete every row of a repeated chunk id but the first, in one commit; returns rows removed.
+
+        Runs under the writer lock. Rows are addressed by ``_rowid``, so the kept row of each id is
+        never touched and a crash leaves the table as it was (a delete is one atomic commit).
+        """
+        with self.writer(site, collection):
+            table = self.open_table(site, collection)
+            if table is None:
+                return 0
+            dups = self.duplicate_ids(table)
+            if not dups:
+                return 0
+            rows = (
+                table.search()
+                .with_row_id(True)
+                .select(["id"])
+                .where(f"id IN ({_sql_list(sorted(dups))})")
+                .limit(sum(dups.values()) + len(dups))
+                .to_arrow()
+                .to_pylist()
+            )
+            seen: set[str] = set()
+            extra: list[int] = []
+            for row in sorted(rows, key=lambda r: r["_rowid"]):
+                if row["id"] in seen:
+                    extra.append(int(row["_rowid"]))
+                seen.add(row["id"])
+            table.delete(f"_rowid IN ({', '.join(map(str, extra))})")
+            self.refresh_indexes(table)
+            log.info("%s: removed %d duplicate rows", table_name(site, collection), len(extra))
+            return len(extra)
 
     # ------------------------------------------------------------------------------ search
     def search(

@@ -144,6 +144,19 @@ def dspy_chat_reply(**fields: Any) -> str:
     return "\n\n".join(parts)
 
 
+def passage_number_containing(request: Mapping[str, Any], words: str) -> int:
+    """The ``[n]`` of the passage in a DSPy prompt (``[n] (title) «text»``) that shares most words with
+    ``words``: lets a canned reply cite the passage that really supports it, as a grounded LM would."""
+    prompt = request["messages"][-1]["content"]
+    wanted = set(re.findall(r"\w+", words.lower()))
+    best, best_overlap = 1, -1
+    for number, text in re.findall(r"\[(\d+)\][^«]*«(.*?)»", prompt, flags=re.S):
+        overlap = len(wanted & set(re.findall(r"\w+", text.lower())))
+        if overlap > best_overlap:
+            best, best_overlap = int(number), overlap
+    return best
+
+
 def dead_host() -> str:
     """``http://127.0.0.1:<port>`` for a port that was bound, then closed: connections are refused fast."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

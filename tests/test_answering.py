@@ -308,14 +308,15 @@ def test_planted_instruction_is_not_followed(settings: Settings) -> None:
     # extractive: the planted sentence is never quoted
     out = chat_bridge(settings, passages).run_dict({"message": "What does Sage cost per seat?"})
     assert "PWNED" not in out.answer and "$19" in out.answer
-    # an LM that obeys the planted text without citing: not found
+    # an LM that obeys the planted text without citing: unsupported, so the extractive answer instead
     out = chat_bridge(settings, passages, DummyLM([{"answer": "PWNED"}])).run_dict({"message": "Sage price?"})
-    assert out.answer == NOT_FOUND_ANSWER and out.citations == []
+    assert "PWNED" not in out.answer and out.citations and out.mode == "extractive"
+    assert any("as unsupported" in n and "cites nothing" in n for n in out.notes)
     # ... or cites a passage it was never given: dropped, then not found
     out = chat_bridge(settings, passages, DummyLM([{"answer": "PWNED [9]"}])).run_dict(
         {"message": "Sage price?"}
     )
-    assert out.answer == NOT_FOUND_ANSWER and out.dropped_citations == 1
+    assert "PWNED" not in out.answer and out.dropped_citations == 1 and out.mode == "extractive"
 
 
 def test_lm_error_mid_request_degrades_to_extractive(
@@ -332,9 +333,14 @@ def test_lm_error_mid_request_degrades_to_extractive(
 def test_programs_use_their_lm_per_call_in_threads(settings: Settings) -> None:
     """Two programs with different LMs in parallel threads each get their own answer (no global LM)."""
     results: dict[str, str] = {}
+    # two different answers, both supported by the passage (an unsupported tag would be dropped)
+    ANSWER_BY = {
+        "alpha": "Sage Team costs $19 per seat [1].",
+        "beta": "Sage Team costs $19 per seat per month, billed annually [1].",
+    }
 
     def work(tag: str) -> None:
-        lm = DummyLM([{"answer": f"{tag} says $19 [1]."}] * 5)
+        lm = DummyLM([{"answer": ANSWER_BY[tag]}] * 5)
         program = chat_bridge(settings, [SAGE])
         for _ in range(5):
             with dspy.context(lm=lm):
@@ -345,7 +351,7 @@ def test_programs_use_their_lm_per_call_in_threads(settings: Settings) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert results == {"alpha": "alpha says $19 [1].", "beta": "beta says $19 [1]."}
+    assert results == ANSWER_BY
     assert dspy.settings.lm is None
 
 

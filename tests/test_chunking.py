@@ -68,3 +68,18 @@ def test_ids_are_stable_and_depend_on_content(minilm: Embedder) -> None:
     twice = _doc("x", sections=[Section(heading_path=[], text="dup"), Section(heading_path=[], text="dup")])
     ids = [ch.id for ch in chunk_document(twice, site="s", collection="c", tokenizer=minilm)]
     assert len(set(ids)) == 2
+
+
+def test_streamed_chunking_matches_whole_text_chunking(minilm: Embedder) -> None:
+    from rag_app.chunking import iter_chunks
+
+    text = "\n".join(f"Line {i}: the {'quick ' * (i % 5)}fox jumped; then it rested." for i in range(300))
+    doc = _doc(text)
+    kw = {"site": "s", "collection": "c", "tokenizer": minilm, "chunk_tokens": 48, "overlap": 12}
+    whole = chunk_document(doc, **kw)
+    for segment in (97, 500, 4000):  # tiny segments: many cuts mid-window and mid-sentence
+        streamed = list(iter_chunks(doc, segment_chars=segment, **kw))
+        assert [(c.id, c.text, c.chunk_index) for c in streamed] == [
+            (c.id, c.text, c.chunk_index) for c in whole
+        ], segment
+    assert len(whole) > 10

@@ -48,7 +48,7 @@ from rag_app.retrieve import LanceDBRetriever
 from rag_app.settings import Settings
 from rag_app.types import Citation
 from tests.conftest import make_test_settings, set_offline_cli_env
-from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
+from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply, passage_number_containing
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -415,7 +415,7 @@ def test_cli_optimize_through_the_ollama_standin(
     def responder(request: dict[str, Any]) -> str:
         last = request["messages"][-1]["content"]
         answer = next((a for q, a in gold.items() if q in last), "Not found in the sources.")
-        return dspy_chat_reply(answer=f"{answer} [1]")
+        return dspy_chat_reply(answer=f"{answer} [{passage_number_containing(request, answer)}]")
 
     with OllamaStandIn(chat_responder=responder) as srv:
         monkeypatch.setenv("RAG_LM_MODEL", "ollama_chat/llama3.2")

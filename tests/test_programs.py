@@ -211,13 +211,13 @@ def test_planted_instruction_in_the_index_is_not_followed(fb: Settings) -> None:
     assert out.passages[0].doc_id == "planted" and "PWNED" not in out.answer and "$19" in out.answer
     assert any("reads as instructions" in n for n in out.notes)
     obeying = program(fb, "builddaily", "chat_bridge", pipeline=pipeline, lm=DummyLM([{"answer": "PWNED"}]))
-    out = obeying.run_dict(question)
-    assert out.answer == NOT_FOUND_ANSWER and out.citations == [] and out.mode == "lm"
+    out = obeying.run_dict(question)  # unsupported by every passage: the extractive answer instead
+    assert "PWNED" not in out.answer and "$19" in out.answer and out.mode == "extractive"
     citing = program(
         fb, "builddaily", "chat_bridge", pipeline=pipeline, lm=DummyLM([{"answer": "PWNED [7]"}])
     )
     out = citing.run_dict(question)
-    assert out.answer == NOT_FOUND_ANSWER and out.dropped_citations == 1
+    assert "PWNED" not in out.answer and out.dropped_citations == 1 and out.mode == "extractive"
 
 
 def test_chat_bridge_through_the_ollama_standin(fb: Settings) -> None:
@@ -282,8 +282,10 @@ def test_resources_search_ranks_pages_with_grounded_reasons(fb: Settings) -> Non
     assert out.results[0].reason == reasons[0]["reason"]
     assert "Bananas" not in out.results[1].reason
     assert out.results[1].reason in out.passages[1].text.replace("**", "")
-    assert out.mode == "extractive"  # not every reason came from the LM
+    assert [r.mode for r in out.results] == ["lm", "extractive", "lm"]
+    assert out.mode == "lm"  # LM text is in the output, so it is not called extractive
     assert any("not supported by the page text" in n for n in out.notes)
+    assert any(n.startswith("result 2: dropped 1 sentence(s) as unsupported") for n in out.notes)
 
 
 # ================================================================================= paiddaily
@@ -374,10 +376,15 @@ def test_reading_from_a_question_alone_and_with_an_lm(fb: Settings) -> None:
     assert out.passages[0].doc_id == "the-tower" and out.citations and out.items[0].kind == "question"
     check_citations(out)
     lm = DummyLM(
-        [{"reading": "The Tower clears what was built on false foundations [1]. Mars adds drive [4]."}]
+        [
+            {
+                "reading": "What was built on false foundations comes down [2]. The collapse clears the "
+                "ground for something more honest [4]."
+            }
+        ]
     )
     out = program(fb, "sagedaily", "reading", lm=lm).run_dict({"cards": ["The Tower"], "question": "Work?"})
-    assert out.mode == "lm" and [c.index for c in out.citations] == [1, 4]
+    assert out.mode == "lm" and [c.index for c in out.citations] == [2, 4]
     assert "spread" in lm.history[-1]["messages"][-1]["content"].lower()
     with pytest.raises(ValueError, match="at least one card"):
         program(fb, "sagedaily", "reading").run_dict({"cards": [" "], "question": ""})

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rag_app.errors import LoaderError
+from rag_app.errors import LoaderError, validation_message
 from rag_app.types import SearchFilters
 
 #: Files whose bytes make up a dataset folder's identity (SOURCE.md and README edits do not count).
@@ -123,14 +123,6 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, obj
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "record"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
 def load_eval_jsonl(path: str | Path) -> list[EvalExample]:
     """Read an eval file: one :class:`EvalExample` JSON object per line, blank lines skipped.
 
@@ -143,7 +135,7 @@ def load_eval_jsonl(path: str | Path) -> list[EvalExample]:
         try:
             example = EvalExample.model_validate(obj)
         except ValidationError as exc:
-            raise LoaderError(path, _validation_message(exc), line=number) from None
+            raise LoaderError(path, validation_message(exc), line=number) from None
         if example.id is not None:
             if example.id in first_line_of:
                 raise LoaderError(

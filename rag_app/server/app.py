@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,22 +43,28 @@ from rag_app.errors import (
     ServiceUnavailableError,
 )
 from rag_app.server.auth import AuthError, KeyInfo
-from rag_app.server.limits import DeadlineExceeded, Overloaded
+from rag_app.server.limits import ClientGone, DeadlineExceeded, Overloaded
 from rag_app.server.logging import new_request_id, request_id_var
 from rag_app.server.metrics import CONTENT_TYPE
 from rag_app.server.schemas import (
     ERROR_RESPONSES,
+    PROGRAM_INPUT_RULES,
     ChatRequest,
     ChatResponse,
     ErrorResponse,
     HealthResponse,
+    ProgramInputRules,
     ProgramsResponse,
     ReadyResponse,
     SearchRequest,
     SearchResponse,
+    check_program_rules,
+    parse_body,
+    program_input_schema,
 )
 from rag_app.server.state import RequestScope, ServerState, request_scope_var
 from rag_app.server.streaming import END as STREAM_END
+from rag_app.server.streaming import GONE as CLIENT_GONE
 from rag_app.server.streaming import SSEEventSink
 from rag_app.settings import Settings
 
@@ -69,6 +75,23 @@ CHAT_PROGRAM = "chat_bridge"
 #: Paths that never need an API key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Where request-body schemas live in the OpenAPI document (see :func:`_json_body`).
+SCHEMA_REF = "#/components/schemas/{model}"
+M = TypeVar("M", bound=BaseModel)
+#: The ``text/event-stream`` body of ``POST /v1/chat-bridge`` with ``stream: true``, for the OpenAPI doc.
+#: OpenAPI 3.1 / Schemathesis describe an event stream by the schema of one event (``event`` + ``data``).
+SSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Server-Sent Events, each `event: NAME` + `data: JSON`: `passages` {passages, "
+    "request_id} once, `token` {text} one or more times, then `done` {answer, citations, mode, timings, "
+    "notes, request_id} (its answer is authoritative), or `error` {error: {code, message, field?, "
+    "request_id}} ending the stream early.",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["passages", "token", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 
 
 # ============================================================================================ errors
@@ -137,6 +160,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, DeadlineExceeded):
         return ApiError(504, "deadline_exceeded", str(exc))
+    if isinstance(exc, ClientGone):  # nobody reads it: the status only labels logs and metrics
+        return ApiError(499, "client_gone", str(exc))
     if isinstance(exc, AuthError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return ApiError(exc.status, exc.code, exc.message, headers=headers)
@@ -423,6 +448,62 @@ async def run_program(request: Request, site: str, name: str, inputs: BaseModel)
     return output
 
 
+async def read_body(request: Request, model: type[M]) -> M:
+    """The request body as ``model``, strictly typed (:func:`~rag_app.server.schemas.parse_body`); 422
+    naming the first bad field otherwise. Routes read their bodies here rather than through FastAPI's
+    (lax) body parameters, so ``stream: 0`` or ``limit: true`` are refused as the schema says."""
+    try:
+        return parse_body(model, await request.body())
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False), skip_first=False) from None
+
+
+async def read_program_input(request: Request, model: type[M], rules: ProgramInputRules | None) -> M:
+    """A program's Input from the body: strict types, then the server's rules for it (enums)."""
+    inputs = await read_body(request, model)
+    errors = check_program_rules(inputs, rules)
+    if errors:
+        raise validation_error(errors, skip_first=False)
+    return inputs
+
+
+def _json_body(component: str, description: str = "") -> dict[str, Any]:
+    """``openapi_extra`` for a required JSON body whose schema is ``components/schemas/{component}``."""
+    body: dict[str, Any] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": SCHEMA_REF.format(model=component)}}},
+    }
+    if description:
+        body["description"] = description
+    return {"requestBody": body}
+
+
+def _request_components(state: ServerState) -> dict[str, dict[str, Any]]:
+    """Schemas of the chat and search bodies, with the limits and sites of this server's settings."""
+    settings = state.settings
+    out: dict[str, dict[str, Any]] = {}
+    chat = ChatRequest.model_json_schema(ref_template=SCHEMA_REF, mode="validation")
+    out.update(chat.pop("$defs", {}))
+    chat["properties"]["messages"]["maxItems"] = settings.max_history_turns + 1
+    out["ChatMessage"]["properties"]["content"]["maxLength"] = settings.max_message_chars
+    chat_sites = sorted(site for site, names in state.programs_index.items() if CHAT_PROGRAM in names)
+    if chat_sites:
+        chat["properties"]["site"]["enum"] = chat_sites
+    out["ChatRequest"] = chat
+    search = SearchRequest.model_json_schema(ref_template=SCHEMA_REF, mode="validation")
+    out.update(search.pop("$defs", {}))
+    search["properties"]["query"]["maxLength"] = settings.max_query_chars
+    search["properties"]["site"]["enum"] = sorted(settings.sites)
+    out["SearchRequest"] = search
+    return out
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Return once the client has disconnected (the body has been read: only ``http.disconnect`` is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
@@ -501,7 +582,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
 
     # A pydantic ValidationError is not mapped here: request bodies are validated before programs run,
     # so one raised inside a program is a bug (generic 500, logged), not the client's fault.
-    for exc_type in (ApiError, Overloaded, DeadlineExceeded, AuthError, RagError):
+    for exc_type in (ApiError, Overloaded, DeadlineExceeded, ClientGone, AuthError, RagError):
         app.add_exception_handler(exc_type, handle_api_error)
     app.add_exception_handler(RequestValidationError, handle_validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, handle_http)  # type: ignore[arg-type]
@@ -530,7 +611,9 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         "/readyz",
         response_model=ReadyResponse,
         tags=["ops"],
-        summary="Models loaded and warmed, indexes present, LM reachable (or extractive mode)",
+        summary="Can serve requests: models loaded and warmed, indexes present (the LM state is reported)",
+        description="200 once every request can be served; an unreachable LM does not make the server "
+        "unready (answers are then extractive): `lm` and `answers` in the body say which.",
         responses={503: {"model": ReadyResponse, "description": "Not ready yet"}},
     )
     async def readyz() -> Response:
@@ -538,10 +621,20 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
             await asyncio.to_thread(state.check_lm)
         ready = state.ready
         state.metrics.ready.set(1 if ready else 0)
-        body = ReadyResponse(ready=ready, checks=state.checks)
+        lm, answers = state.lm_status
+        body = ReadyResponse(ready=ready, lm=lm, answers=answers, checks=state.checks)
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}
+        }
+        | {code: ERROR_RESPONSES[code] for code in (401, 403)},
+    )
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -550,10 +643,19 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         "/v1/chat-bridge",
         response_model=ChatResponse,
         tags=["chat"],
-        responses=ERROR_RESPONSES,
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "description": "The answer as JSON, or with `stream: true` as Server-Sent Events",
+                "content": {
+                    "text/event-stream": {"schema": SSE_SCHEMA},
+                },
+            },
+        },
         summary="Answer the last user message of a conversation (JSON, or SSE with stream=true)",
+        openapi_extra=_json_body("ChatRequest"),
     )
-    async def chat_bridge(body: ChatRequest, request: Request) -> Response:
+    async def chat_bridge(request: Request) -> Response:
         """Answer the last user message, grounded in the site's passages, with inline [n] citations.
 
         With `stream: true` the answer comes as Server-Sent Events: `passages` (as soon as retrieval and
@@ -565,6 +667,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         status (503 overloaded, 504 deadline); later ones arrive as `event: error` (the JSON error
         body) and end the stream.
         """
+        body = await read_body(request, ChatRequest)
         site = check_site(state, body.site, field="site")
         authorize(request, site)
         check_program(state, site, CHAT_PROGRAM, field="site")
@@ -581,8 +684,10 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         tags=["search"],
         responses=ERROR_RESPONSES,
         summary="Retrieve the top k passages and rerank them to the best top_n (no LM)",
+        openapi_extra=_json_body("SearchRequest"),
     )
-    async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    async def search(request: Request) -> SearchResponse:
+        body = await read_body(request, SearchRequest)
         site = check_site(state, body.site, field="site")
         authorize(request, site)
         if body.collection is not None and body.collection not in settings.sites[site]:
@@ -657,49 +762,75 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         }
         return ProgramsResponse(programs=index)
 
-    _add_program_routes(app, state)
+    components = _add_program_routes(app, state)
+    components.update(_request_components(state))
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the request-body schemas the routes read themselves."""
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in components.items():
+                if name in schemas and schemas[name] != schema:
+                    raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
+                schemas[name] = schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
 
     @app.post(
         "/v1/programs/{site}/{program}",
         tags=["programs"],
         responses=ERROR_RESPONSES,
         summary="Run a site program (typed routes above document each program's Input and Output)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "The program's Input (see its typed route)",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
     )
     async def run_any_program(site: str, program: str, request: Request) -> Response:
         check_site(state, site)
         authorize(request, site)
         check_program(state, site, program)
         cls = await asyncio.to_thread(lambda: type(state.program(site, program)))
-        try:
-            payload = json.loads(await request.body() or b"null")
-        except json.JSONDecodeError as exc:
-            raise ApiError(422, "invalid_request", f"invalid JSON: {exc.msg}") from None
-        try:
-            inputs = cls.Input.model_validate(payload)
-        except ValidationError as exc:
-            raise validation_error(exc.errors(include_url=False), skip_first=False) from None
+        inputs = await read_program_input(request, cls.Input, PROGRAM_INPUT_RULES.get((site, program)))
         output = await run_program(request, site, program, inputs)
         return JSONResponse(output.model_dump(mode="json"))
 
     return app
 
 
-def _add_program_routes(app: FastAPI, state: ServerState) -> None:
-    """One typed route per program found at creation time, so /docs shows each Input and Output."""
+def _add_program_routes(app: FastAPI, state: ServerState) -> dict[str, dict[str, Any]]:
+    """One typed route per program found at creation time, so /docs shows each Input and Output.
+
+    Returns the Input schemas (OpenAPI components): each program's own, plus the server's rules for it
+    (:data:`~rag_app.server.schemas.PROGRAM_INPUT_RULES`), which is what the route enforces.
+    """
     from rag_app.programs import list_programs, program_class
 
+    components: dict[str, dict[str, Any]] = {}
     try:
         index = list_programs(state.settings)
     except Exception as exc:  # the generic route still answers; startup reports the problem
         log.warning("cannot list site programs for typed routes: %s: %s", type(exc).__name__, exc)
-        return
+        return components
     state.programs_index = index
     for site, names in index.items():
         for name in names:
             cls = program_class(state.settings, site, name)
+            rules = PROGRAM_INPUT_RULES.get((site, name))
+            schema, defs = program_input_schema(cls.Input, rules, SCHEMA_REF)
+            component = f"{site}.{name}.Input"
+            for def_name, def_schema in defs.items():
+                if components.setdefault(def_name, def_schema) != def_schema:
+                    raise RuntimeError(f"two different program input schemas named {def_name!r}")
+            components[component] = schema
             app.add_api_route(
                 f"/v1/programs/{site}/{name}",
-                _program_endpoint(site, name, cls),
+                _program_endpoint(site, name, cls.Input, rules),
                 methods=["POST"],
                 response_model=cls.Output,
                 tags=["programs"],
@@ -707,20 +838,19 @@ def _add_program_routes(app: FastAPI, state: ServerState) -> None:
                 name=f"{site}.{name}",
                 summary=f"{site} / {name}",
                 description=inspect.cleandoc(cls.__doc__ or ""),
+                openapi_extra=_json_body(component),
             )
+    return components
 
 
-def _program_endpoint(site: str, name: str, cls: Any) -> Any:
-    async def endpoint(request: Request, payload: Any) -> Any:
+def _program_endpoint(site: str, name: str, model: type[BaseModel], rules: ProgramInputRules | None) -> Any:
+    """The typed route's handler: a closure over the program, its Input model and the server's rules."""
+
+    async def endpoint(request: Request) -> Any:
         authorize(request, site)
-        return await run_program(request, site, name, payload)
+        inputs = await read_program_input(request, model, rules)
+        return await run_program(request, site, name, inputs)
 
-    endpoint.__signature__ = inspect.Signature(
-        [  # type: ignore[attr-defined]
-            inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
-            inspect.Parameter("payload", inspect.Parameter.KEYWORD_ONLY, annotation=cls.Input),
-        ]
-    )
     endpoint.__name__ = f"program_{site}_{name}"
     return endpoint
 
@@ -733,6 +863,14 @@ def _chat_inputs(state: ServerState, site: str, body: ChatRequest) -> BaseModel:
     settings = state.settings
     messages = body.messages
     last = len(messages) - 1
+    if last > settings.max_history_turns:
+        raise ApiError(
+            422,
+            "too_many_messages",
+            f"messages: {len(messages)} messages, over the limit of {settings.max_history_turns + 1} "
+            f"(max_history_turns={settings.max_history_turns} earlier turns plus the question)",
+            field="messages",
+        )
     for i, message in enumerate(messages):
         if len(message.content) > settings.max_message_chars:
             raise ApiError(
@@ -748,13 +886,6 @@ def _chat_inputs(state: ServerState, site: str, body: ChatRequest) -> BaseModel:
             "invalid_request",
             f"messages[{last}].role: the last message must be the user's, got {messages[last].role!r}",
             field=f"messages[{last}].role",
-        )
-    if not messages[last].content.strip():
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"messages[{last}].content: the question is blank",
-            field=f"messages[{last}].content",
         )
     from rag_app.programs import program_class
 
@@ -806,16 +937,43 @@ async def _stream_chat(request: Request, site: str, inputs: BaseModel) -> Respon
         task = asyncio.create_task(run_program(request, site, CHAT_PROGRAM, inputs))
     finally:
         answer_events.reset(reset)
-    task.add_done_callback(lambda _: queue.put_nowait((STREAM_END, None)))
     rscope = _scope(request)
     request_id = request_id_var.get()
+
+    def finished(done: asyncio.Task[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved here; the stream reports it (or nobody is left to tell)
+        queue.put_nowait((STREAM_END, None))
+
+    def abandon() -> None:
+        """No stage starts any more for this request: queued work leaves its queue without running, a
+        running LM stream is cut at its next chunk (the sink is closed), the program task is cancelled."""
+        rscope.gone.set()
+        sink.close()
+        if not task.done():
+            task.cancel()
+
+    def client_left(watch: asyncio.Task[None]) -> None:
+        if not watch.cancelled() and watch.exception() is None:
+            abandon()
+            queue.put_nowait((CLIENT_GONE, None))
+
+    task.add_done_callback(finished)
+    # The client may leave while the request waits in a stage queue, when no event is being written
+    # (so no failed write would tell): watch the connection itself for the whole stream.
+    watcher = asyncio.create_task(_wait_disconnect(request))
+    watcher.add_done_callback(client_left)
     try:
         first = await queue.get()
+        if first[0] == CLIENT_GONE:
+            _note_error(request, "client_gone")
+            watcher.cancel()
+            return Response(status_code=499)  # written to nobody; labels the access log and metrics
         if first[0] == STREAM_END or rscope.overloaded:
             await task  # raises (as an HTTP error) when the program failed or a stage turned it away
     except BaseException:
-        sink.close()
-        task.cancel()
+        watcher.cancel()
+        abandon()
         raise
 
     def error_event(exc: BaseException) -> bytes:
@@ -836,6 +994,9 @@ async def _stream_chat(request: Request, site: str, inputs: BaseModel) -> Respon
         item, passages_sent, tokens = first, False, 0
         try:
             while item[0] != STREAM_END:
+                if item[0] == CLIENT_GONE:
+                    _note_error(request, "client_gone")
+                    return
                 name, data = item
                 if name == "passages" and not passages_sent:
                     passages_sent = True
@@ -871,9 +1032,8 @@ async def _stream_chat(request: Request, site: str, inputs: BaseModel) -> Respon
                 },
             )
         finally:
-            sink.close()
-            if not task.done():
-                task.cancel()
+            watcher.cancel()
+            abandon()
 
     return StreamingResponse(
         events(),

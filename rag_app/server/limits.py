@@ -46,6 +46,19 @@ class DeadlineExceeded(Exception):
         self.stage = stage
 
 
+class ClientGone(Exception):
+    """The client that asked for this work has disconnected: stop before starting the next stage."""
+
+    def __init__(self, stage: str | None = None) -> None:
+        where = f" before the {stage} stage" if stage else ""
+        super().__init__(f"the client disconnected; its request was abandoned{where}")
+        self.stage = stage
+
+
+#: How often a thread waiting in a stage queue looks whether its client is still there.
+_GONE_POLL_S = 0.05
+
+
 class _ThreadWaiter:
     __slots__ = ("event", "granted")
 
@@ -134,8 +147,11 @@ class StageGate:
             # else: the hand-over callback sees the cancelled future and releases
             raise
 
-    def acquire_blocking(self, timeout: float | None) -> None:
-        """Thread-side acquire; raises Overloaded, or TimeoutError after ``timeout`` seconds in the queue."""
+    def acquire_blocking(self, timeout: float | None, gone: threading.Event | None = None) -> None:
+        """Thread-side acquire; raises Overloaded, or TimeoutError after ``timeout`` seconds in the queue,
+        or :class:`ClientGone` as soon as ``gone`` is set (the request leaves the queue without running)."""
+        if gone is not None and gone.is_set():
+            raise ClientGone(self.name)
         with self._lock:
             if self._active < self.limit and not self._waiters:
                 self._active += 1
@@ -148,14 +164,30 @@ class StageGate:
         self._changed()
         if waiter is None:
             return
-        if waiter.event.wait(timeout):
-            return
-        with self._lock:
-            if waiter.granted:
+        limit = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if limit is None else max(0.0, limit - time.monotonic())
+            step = left if gone is None else (_GONE_POLL_S if left is None else min(left, _GONE_POLL_S))
+            if waiter.event.wait(step):
                 return
-            self._waiters.remove(waiter)
-        self._changed()
-        raise TimeoutError(f"waited {timeout:g}s for the {self.name} stage")
+            abandoned = gone is not None and gone.is_set()
+            if not abandoned and (left is None or left > 0):
+                continue
+            with self._lock:
+                if waiter.granted:
+                    if not abandoned:
+                        return
+                    granted = True
+                else:
+                    granted = False
+                    self._waiters.remove(waiter)
+            if granted:  # handed the slot just as the client left: pass it on
+                self.release()
+            else:
+                self._changed()
+            if abandoned:
+                raise ClientGone(self.name)
+            raise TimeoutError(f"waited {timeout:g}s for the {self.name} stage")
 
     def release(self) -> None:
         """Give a slot back, handing it to the oldest waiter if any (thread-safe)."""

@@ -38,6 +38,9 @@ class RequestScope:
     deadline_s: float = 0.0
     overloaded: list[Overloaded] = field(default_factory=list)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    #: Set when the client is gone (an SSE stream it left): its threads start no further stage, so work
+    #: queued behind other requests (an LM call above all) is dropped instead of run for nobody.
+    gone: threading.Event = field(default_factory=threading.Event)
 
 
 request_scope_var: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
@@ -47,11 +50,12 @@ request_scope_var: contextvars.ContextVar[RequestScope | None] = contextvars.Con
 
 @contextlib.contextmanager
 def in_stage(gate: StageGate) -> Iterator[None]:
-    """Hold ``gate`` in a worker thread, waiting at most until the request's deadline."""
+    """Hold ``gate`` in a worker thread, waiting at most until the request's deadline, and not at all
+    once the request's client is gone (:class:`~rag_app.server.limits.ClientGone`)."""
     scope = request_scope_var.get()
     timeout = None if scope is None or scope.deadline is None else max(0.0, scope.deadline - time.monotonic())
     try:
-        gate.acquire_blocking(timeout)
+        gate.acquire_blocking(timeout, None if scope is None else scope.gone)
     except Overloaded as exc:
         if scope is not None:
             scope.overloaded.append(exc)
@@ -294,9 +298,27 @@ class ServerState:
             self.checks["lm"]["error"] = reason
         return self.checks["lm"]
 
+    #: Checks that do not decide readiness: without a reachable LM every program still answers
+    #: (extractively, with a note), so the server can serve requests.
+    OPTIONAL_CHECKS = frozenset({"lm"})
+
     @property
     def ready(self) -> bool:
-        return self.loaded and all(check.get("ok") for check in self.checks.values())
+        """Can serve requests: models, indexes and programs loaded (the LM is reported, not required)."""
+        return self.loaded and all(
+            check.get("ok") for name, check in self.checks.items() if name not in self.OPTIONAL_CHECKS
+        )
+
+    @property
+    def lm_status(self) -> tuple[str, str]:
+        """``(lm, answers)``: ``lm`` is reachable, unreachable or not_configured; ``answers`` is lm or
+        extractive (how chat and program answers are written right now)."""
+        check = self.checks.get("lm", {})
+        if not self.settings.lm_model:
+            return "not_configured", "extractive"
+        if check.get("ok"):
+            return "reachable", "lm"
+        return "unreachable", "extractive"
 
     # ------------------------------------------------------------------------------- pipelines
     def pipeline(self, site: str, collection: str | None) -> Any:

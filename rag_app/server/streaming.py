@@ -37,16 +37,25 @@ log = logging.getLogger("rag_app.server.streaming")
 
 #: The queue item that says the program finished (successfully or not).
 END = "__end__"
+#: The queue item that says the client disconnected: the stream stops, the request's work is dropped.
+GONE = "__gone__"
+
+
+class StreamClosed(Exception):
+    """Raised into the LM's chunk stream once nobody reads the SSE stream: the LM call is abandoned."""
 
 
 class _ListenerStream:
     """What DSPy sees as ``settings.send_stream``: each chunk goes through the listener to ``emit``."""
 
-    def __init__(self, listener: Any, emit: Callable[[str], None]) -> None:
+    def __init__(self, listener: Any, emit: Callable[[str], None], closed: Callable[[], bool]) -> None:
         self.listener = listener
         self.emit = emit
+        self.closed = closed
 
     async def send(self, chunk: Any) -> None:
+        if self.closed():  # the client left: stop reading the LM's reply (DSPy/LiteLLM close the stream)
+            raise StreamClosed("the SSE client disconnected")
         predict_id = getattr(chunk, "predict_id", None)
         if predict_id is not None and predict_id != id(self.listener.predict):
             return
@@ -106,7 +115,8 @@ class SSEEventSink(AnswerEvents):
         previous = getattr(threadlocals, "current_token", missing)
         threadlocals.current_token = self._token
         try:
-            with dspy.context(send_stream=_ListenerStream(listener, self.token), stream_listeners=[listener]):
+            stream = _ListenerStream(listener, self.token, lambda: self.closed)
+            with dspy.context(send_stream=stream, stream_listeners=[listener]):
                 yield
             final = listener.finalize()
             if final is not None and final.chunk:

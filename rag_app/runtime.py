@@ -1,0 +1,204 @@
+"""The one owner of models, pipelines and programs in a process.
+
+Loading a cross-encoder or an embedder costs seconds and hundreds of MB, so each is built once and
+shared by every request, query and program of a process. Before this module that sharing lived in six
+module-level caches plus a second set inside the HTTP server; now the CLI builds one :class:`Runtime`
+per command, the server one per worker, evaluation and tests one per run, and all of them go through
+the same code path.
+
+The server's concurrency limits are not patched into anything: it passes :class:`StageWrappers` that
+wrap the explicit protocols (:class:`~rag_app.models.embeddings.Embedder`,
+:class:`~rag_app.models.rerank.Reranker`, the LM) once, at the moment the runtime builds them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag_app.answering.program import SiteProgram
+from rag_app.answering.registry import list_programs, program_class
+from rag_app.core.settings import Settings
+from rag_app.ingest.loaders import OnError
+from rag_app.ingest.pipeline import IngestReport, ingest_paths
+from rag_app.models.embeddings import Embedder, load_embedder
+from rag_app.models.lm import resolve_lm
+from rag_app.models.rerank import Reranker, load_reranker
+from rag_app.retrieval.pipeline import RetrieveThenRerank
+from rag_app.retrieval.retriever import LanceDBRetriever
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class StageWrappers:
+    """How a host wraps each model the runtime builds (the server: its per-stage concurrency gates).
+
+    Each function takes the model and returns an object that implements the same protocol.
+    """
+
+    embedder: Callable[[Embedder], Embedder] = _same
+    reranker: Callable[[Reranker], Reranker] = _same
+    lm: Callable[[Any], Any] = _same
+
+
+class Runtime:
+    """Models, retrieval pipelines and site programs for one :class:`Settings`, each built once.
+
+    ``embedder``, ``reranker`` and ``lm`` replace the configured ones (tests, benchmarks, a server that
+    shares one loaded model between apps). Thread-safe: concurrent first uses load a model once.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
+        lm: Any = None,
+        wrappers: StageWrappers | None = None,
+    ) -> None:
+        self.settings = settings
+        self.wrappers = wrappers or StageWrappers()
+        self._embedder = None if embedder is None else self.wrappers.embedder(embedder)
+        self._reranker = None if reranker is None else self.wrappers.reranker(reranker)
+        self._explicit_lm = lm
+        self._wrapped_lms: dict[int, tuple[Any, Any]] = {}
+        self._lock = threading.RLock()
+        self._retrievers: dict[tuple[str, str | None], LanceDBRetriever] = {}
+        self._pipelines: dict[tuple[str, str | None], RetrieveThenRerank] = {}
+        self._programs: dict[tuple[str, str], SiteProgram] = {}
+
+    # ------------------------------------------------------------------------------------ models
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder (loaded on first use)."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self.wrappers.embedder(load_embedder(self.settings))
+            return self._embedder
+
+    @property
+    def reranker(self) -> Reranker:
+        """The reranker (loaded and warmed on first use; a fallback when weights are missing and
+        ``reranker_on_missing="fallback"``)."""
+        with self._lock:
+            if self._reranker is None:
+                self._reranker = self.wrappers.reranker(load_reranker(self.settings))
+            return self._reranker
+
+    @property
+    def reranker_loaded(self) -> bool:
+        return self._reranker is not None
+
+    def lm(self) -> tuple[Any, str | None]:
+        """``(lm, None)`` for the LM a call should use, or ``(None, why not)``; wrapped once per LM."""
+        lm, note = resolve_lm(self.settings, self._explicit_lm)
+        if lm is None:
+            return None, note
+        with self._lock:
+            cached = self._wrapped_lms.get(id(lm))
+            if cached is None or cached[0] is not lm:
+                cached = (lm, self.wrappers.lm(lm))
+                self._wrapped_lms[id(lm)] = cached
+            return cached[1], None
+
+    # ------------------------------------------------------------------------------- retrieval
+    def retriever(self, site: str, collection: str | None = None) -> LanceDBRetriever:
+        """The retriever of ``site`` (one collection, or all of them); no reranker is loaded."""
+        key = (site, collection)
+        with self._lock:
+            if key not in self._retrievers:
+                self._retrievers[key] = LanceDBRetriever(
+                    self.settings,
+                    site,
+                    [collection] if collection else None,
+                    embedder_factory=lambda: self.embedder,
+                )
+            return self._retrievers[key]
+
+    def pipeline(self, site: str, collection: str | None = None) -> RetrieveThenRerank:
+        """Retrieve-then-rerank over :meth:`retriever` (this is what programs compose)."""
+        key = (site, collection)
+        with self._lock:
+            if key not in self._pipelines:
+                self._pipelines[key] = RetrieveThenRerank(
+                    self.retriever(site, collection), self.reranker, self.settings
+                )
+            return self._pipelines[key]
+
+    def search(
+        self,
+        site: str,
+        query: str,
+        *,
+        collection: str | None = None,
+        k: int | None = None,
+        mode: str | None = None,
+        rerank: bool = False,
+        top_n: int | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One query as a JSON-ready dict: ``query``, ``mode``, ``reranked``, ``passages``, ``timings``,
+        ``notes``. The plain (``rerank=False``) path never loads the reranker."""
+        notes: list[str] = []
+        if rerank:
+            pipeline = self.pipeline(site, collection)
+            pred = pipeline(query=query, k=k, top_n=top_n, filters=filters, mode=mode)
+            if not pred.reranked:
+                notes.append(pipeline.reranker.unavailable_note())
+        else:
+            pred = self.retriever(site, collection)(query=query, k=k, filters=filters, mode=mode)
+        return {
+            "query": query,
+            "mode": pred.mode,
+            "reranked": bool(getattr(pred, "reranked", False)),
+            "passages": [p.model_dump(mode="json") for p in pred.passages],
+            "timings": dict(pred.timings),
+            "notes": notes,
+        }
+
+    # -------------------------------------------------------------------------------- programs
+    def programs(self) -> dict[str, list[str]]:
+        """site -> program names that ``programs_dir`` serves."""
+        return list_programs(self.settings)
+
+    def program(self, site: str, name: str) -> SiteProgram:
+        """The program ``site``/``name``, built once on this runtime's pipelines and LM."""
+        key = (site, name)
+        with self._lock:
+            if key not in self._programs:
+                self._programs[key] = program_class(self.settings, site, name)(self.settings, services=self)
+            return self._programs[key]
+
+    def ask(
+        self,
+        site: str,
+        program: str,
+        question: str,
+        *,
+        history: list[dict[str, str]] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Run ``site``/``program`` on a free-text question (the CLI's ``ask``); its typed output."""
+        instance = self.program(site, program)
+        return instance.run(instance.input_from_question(question, history=history, **fields))
+
+    # ---------------------------------------------------------------------------------- ingest
+    def ingest(
+        self,
+        site: str,
+        collection: str,
+        paths: Sequence[Path | str],
+        **options: Any,
+    ) -> IngestReport:
+        """Load ``paths`` into ``site``/``collection`` with this runtime's embedder."""
+        return ingest_paths(self.settings, site, collection, paths, embedder=self.embedder, **options)
+
+
+__all__ = ["OnError", "Runtime", "StageWrappers"]
