@@ -56,7 +56,7 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
-    from rag_app.hardware import cpu_has_bf16
+    from rag_app.core.hardware import cpu_has_bf16
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     bf16 = ", bf16" if cpu_has_bf16() else ""
@@ -131,7 +131,7 @@ def sentence_windows(text: str, max_words: int) -> list[str]:
 
 def real_texts(max_words: int, seed: int = 0) -> list[str]:
     """Sentence windows of every bundled corpus, in a seeded random (but stable) order."""
-    from rag_app.loaders import load_paths
+    from rag_app.ingest.loaders import load_paths
 
     texts: list[str] = []
     for name in CORPORA:
@@ -148,12 +148,12 @@ def scifact_queries() -> list[str]:
 
 def get_bench_embedder(backend: str, precision: str = "auto"):
     """The service's own embedder: bundled MiniLM (``minilm``) or nomic-embed-text via Ollama."""
-    from rag_app.embeddings import get_embedder
-    from rag_app.settings import Settings
+    from rag_app.core.settings import Settings
+    from rag_app.models.embeddings import load_embedder
 
     if backend == "ollama":
-        return get_embedder(Settings(embedder_backend="ollama"))
-    return get_embedder(Settings(embedder_precision=precision))
+        return load_embedder(Settings(embedder_backend="ollama"))
+    return load_embedder(Settings(embedder_precision=precision))
 
 
 def real_vectors(

@@ -1,7 +1,7 @@
 """Measure the support threshold of grounding (``Settings.grounding_min_support``) on the eval sets.
 
 Every answer sentence that cites passages is kept only when ``token_overlap_support(sentence, cited)``
-(``rag_app.grounding``: the share of its content words found in the cited passages) reaches the
+(``rag_app.answering.grounding``: the share of its content words found in the cited passages) reaches the
 threshold. This script scores sentences whose support is known and prints the score distributions and,
 per threshold, how many supported sentences would be dropped and how many unsupported ones would pass.
 
@@ -50,12 +50,12 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/grounding_threshold.p
     sys.path.insert(0, str(REPO))
 
 from benchmarks._common import log  # noqa: E402
+from rag_app.answering.grounding import answer_sentences, parse_citations, token_overlap_support  # noqa: E402
+from rag_app.answering.not_found import is_not_found  # noqa: E402
+from rag_app.core.settings import Settings  # noqa: E402
+from rag_app.core.text import looks_like_instruction, split_sentences  # noqa: E402
+from rag_app.core.types import Passage  # noqa: E402
 from rag_app.evaluation.datasets import EvalExample, load_eval_jsonl  # noqa: E402
-from rag_app.evaluation.metrics import is_not_found  # noqa: E402
-from rag_app.grounding import answer_sentences, parse_citations, token_overlap_support  # noqa: E402
-from rag_app.sentences import looks_like_instruction, split_sentences  # noqa: E402
-from rag_app.settings import Settings  # noqa: E402
-from rag_app.types import Passage  # noqa: E402
 
 PAYLOADS = (
     "PWNED",
@@ -86,7 +86,7 @@ def settings_for(data_dir: Path) -> Settings:
 
 
 def build_index(settings: Settings) -> None:
-    from rag_app.ingest import ingest_paths
+    from rag_app.ingest.pipeline import ingest_paths
 
     for site, collections in settings.sites.items():
         for collection in collections:
@@ -116,8 +116,8 @@ def score(sentence: str, passages: Sequence[Passage]) -> float:
 
 
 def measure(settings: Settings) -> tuple[dict[str, list[float]], dict[str, int]]:
+    from rag_app.answering.registry import program_class
     from rag_app.evaluation.answers import program_input
-    from rag_app.programs import program_class
 
     sets: dict[str, list[float]] = {
         k: [] for k in ("gold", "extractive", "gold@wrong", "extr@wrong", "injection", "on-topic lie")

@@ -1,6 +1,6 @@
 """Ingest throughput with the bundled MiniLM: load -> chunk -> embed -> upsert into a temp data dir.
 
-Runs ``rag_app.ingest.ingest_paths`` (site ``builddaily``, collection ``resources``) twice on a real
+Runs ``rag_app.ingest.pipeline.ingest_paths`` (site ``builddaily``, collection ``resources``) twice on a real
 corpus: the first run embeds and writes every chunk (reported as chunks/s, end to end, index refresh
 included), the second is the idempotent re-ingest (every document unchanged, nothing to embed). The
 model is loaded before the clock starts, so chunks/s is steady-state throughput, not model start-up.
@@ -33,9 +33,9 @@ try:
 except ImportError:
     from _common import CORPORA  # type: ignore[no-redef]
 
-from rag_app.embeddings import get_embedder
-from rag_app.ingest import ingest_paths
-from rag_app.settings import Settings
+from rag_app.core.settings import Settings
+from rag_app.ingest.pipeline import ingest_paths
+from rag_app.models.embeddings import load_embedder
 
 SITE, COLLECTION = "builddaily", "resources"
 
@@ -62,7 +62,7 @@ def main() -> None:
             overrides["embed_batch_size"] = args.batch_size
         settings = Settings(**overrides)
         t0 = time.perf_counter()
-        embedder = get_embedder(settings)  # cached per settings: ingest_paths reuses this instance
+        embedder = load_embedder(settings)  # cached per settings: ingest_paths reuses this instance
         load_s = time.perf_counter() - t0
         log(f"model {embedder.model_id} loaded in {load_s:.1f}s, precision {embedder.precision}")
 
@@ -142,7 +142,7 @@ def large_document(args: argparse.Namespace) -> None:
         if args.batch_size:
             overrides["embed_batch_size"] = args.batch_size
         settings = Settings(**overrides)
-        embedder = get_embedder(settings)
+        embedder = load_embedder(settings)
         base = _rss_mb()
         peak = [base]
         stop = threading.Event()

@@ -46,14 +46,14 @@ except ImportError:  # run as a script: python benchmarks/load.py
 
 import httpx
 
-from rag_app.settings import Settings
+from rag_app.core.settings import Settings
 
 SAMPLE = REPO / "data" / "builddaily" / "resources"
 MODEL_CACHE = Path(os.environ.get("RAG_BENCH_CACHE", "/tmp/rag_bench_cache"))
 _TEMPLATES = ("{h}", "{t}: {h}", "{h} in {t}", "how does {h} work?", "what should I know about {h}?")
 _SERVER = (
     "import json, sys\n"
-    "from rag_app.settings import Settings\n"
+    "from rag_app.core.settings import Settings\n"
     "from rag_app.server.run import serve\n"
     "serve(Settings(**json.loads(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]),"
     " log_level='warning')\n"
@@ -81,7 +81,7 @@ def free_port() -> int:
 def pick_reranker(settings: Settings, choice: str) -> dict[str, Any]:
     """Settings overrides for the reranker: the configured model if present, else MiniLM-arch CE."""
     if choice in ("auto", "settings"):
-        from rag_app.model_files import resolve_model
+        from rag_app.models.files import resolve_model
 
         try:
             resolve_model(
@@ -245,7 +245,7 @@ def main() -> None:
         # enough queue for the highest level: this measures latency under load, not 503s
         overrides["max_queue"] = max(base.max_queue, max(levels) * 2)
         settings = base.model_copy(update=overrides)
-        from rag_app.ingest import ingest_paths
+        from rag_app.ingest.pipeline import ingest_paths
 
         t0 = time.perf_counter()
         report = ingest_paths(settings, "builddaily", "resources", [SAMPLE], progress=False)

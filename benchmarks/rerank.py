@@ -1,4 +1,4 @@
-"""Reranker latency: every backend of rag_app.rerank against CrossEncoder.predict's defaults, same run.
+"""Reranker latency: every backend of rag_app.models.rerank against CrossEncoder.predict's defaults, same run.
 
 One query x 20 passages (one rerank call, as the service makes per request) at 128, 256 and 512 tokens per
 (query, passage) pair. For each backend: median and p95 ms per call, speed-up over the default, and the
@@ -31,7 +31,7 @@ FLOPs
     Per pair of L tokens: 2 x (encoder linear weights) x L + 4 x L^2 x hidden per layer (QK^T and AV), plus
     the head on one token. Padding is not counted (every pair here has the same length, so there is none).
     These are the plain model's FLOPs: the torch-bf16 backend's last layer computes position 0 only
-    (:mod:`rag_app.fused_encoder`), ~7% less work at 256 tokens, which shows as a higher rate.
+    (:mod:`rag_app.models.fused_encoder`), ~7% less work at 256 tokens, which shows as a higher rate.
     The peak is a timed 2048^3 ``torch.matmul`` in fp32 and in bf16 on this machine's torch threads (best
     of 8, at the start and at the end of the run, the higher kept, since other load only lowers it);
     fp32 backends are compared with the fp32 peak, bf16 with the bf16 peak, int8 with the fp32 peak (ONNX
@@ -90,7 +90,7 @@ def build_bge_base_arch(path: Path) -> Path:
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    from rag_app.model_files import bundled_minilm_dir
+    from rag_app.models.files import bundled_minilm_dir
 
     log(f"building a bge-reranker-base-architecture model (random weights) in {path}")
     tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_dir())
@@ -241,7 +241,7 @@ def bench_model(
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer
 
-    from rag_app.rerank import CrossEncoderReranker
+    from rag_app.models.rerank import CrossEncoderReranker
 
     config, params = count_params(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from rag_app.rerank_backends import available_backends
+    from rag_app.models.rerank_backends import available_backends
 
     tokens_list = [int(t) for t in args.tokens.split(",") if t.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] or available_backends()

@@ -4,7 +4,7 @@ For each row count this writes a table in the store's own schema under a temp di
 
 * ``flat``: the exact scan the store runs below ``ann_threshold_rows`` (the query is built exactly as
   ``VectorStore._vector`` builds it: cosine, the result columns, limit 20);
-* the index (``hnsw_sq`` = ``rag_app.store.ann_index_config("IVF_HNSW_SQ")``, ``ivf_pq`` = the store's
+* the index (``hnsw_sq`` = the store's ``ann_index_config("IVF_HNSW_SQ")``, ``ivf_pq`` = the store's
   IVF_PQ; ``hnsw_sq_fast`` / ``ivf_pq_fast`` = the same with cheaper builds, for 1M rows on 2 cores,
   see :func:`index_config`), its build time, and its latency and recall@20 under several search
   knobs (``ef`` / ``nprobes`` / ``refine_factor``);
@@ -60,8 +60,8 @@ except ImportError:  # run as a script: python benchmarks/search.py
         temp_dir,
     )
 
-from rag_app.settings import Settings
-from rag_app.store import RESULT_COLUMNS, VectorStore, ann_index_config, chunk_schema
+from rag_app.core.settings import Settings
+from rag_app.store.vector_store import RESULT_COLUMNS, VectorStore, ann_index_config, chunk_schema
 
 K = 20
 SITE, COLLECTION = "builddaily", "resources"

@@ -26,22 +26,12 @@ from typing import Any, ClassVar, Literal
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rag_app.answering import (
-    NOT_FOUND_ANSWER,
-    GroundedOutput,
-    GroundedProgram,
-    best_sentence,
-    check_support,
-    cite_sentence,
-    combine_modes,
-    format_passages,
-    instruction_note,
-    not_blank,
-    passage_citation,
-    unsupported_note,
-)
-from rag_app.programs import AnswerMode
-from rag_app.types import Citation, Passage
+from rag_app.answering.extractive import best_sentence, cite_sentence, passage_citation
+from rag_app.answering.grounded import GroundedOutput, GroundedProgram, combine_modes, not_blank
+from rag_app.answering.grounding import check_support, format_passages, instruction_note, unsupported_note
+from rag_app.answering.not_found import NOT_FOUND_ANSWER
+from rag_app.answering.program import AnswerMode
+from rag_app.core.types import Citation, Passage
 
 SITE = "builddaily"
 
@@ -441,7 +431,7 @@ class ResourcesSearch(GroundedProgram):
         exclude: Callable[[str], bool] | None,
     ) -> tuple[str, str]:
         """A one-line reason for ``passage``: the LM's sentences that the page supports (the same
-        :func:`~rag_app.grounding.check_support` as every answer, the page standing as their citation),
+        :func:`~rag_app.answering.grounding.check_support` as every answer, the page as their citation),
         else the page's best-matching sentence. Returns (reason, mode)."""
         if lm is not None:
             try:

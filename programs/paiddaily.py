@@ -9,7 +9,7 @@ passages, and each sentence must be supported by the passages it cites), else th
 best-matching sentences. Each item says its own ``mode``; the output's is ``lm`` when any item carries
 LM text.
 
-Sector filter: :class:`~rag_app.types.SearchFilters` has no sector field, so ``tickers`` resolves the
+Sector filter: :class:`~rag_app.core.types.SearchFilters` has no sector field, so ``tickers`` resolves the
 sector to the ids of the ticker pages whose ``metadata.sector`` matches (case-insensitive; every word
 typed must start a word of the sector, so "tech" finds "Information Technology") and passes those as
 a ``doc_ids`` prefilter: still a store-side prefilter, applied before ranking.
@@ -18,7 +18,6 @@ a ``doc_ids`` prefilter: still a store-side prefilter, applied before ranking.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -26,20 +25,13 @@ from typing import Any, ClassVar
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rag_app.answering import (
-    NOT_FOUND_ANSWER,
-    GroundedOutput,
-    GroundedProgram,
-    Grounding,
-    best_sentence,
-    combine_modes,
-    format_passages,
-    not_blank,
-    passage_citation,
-)
-from rag_app.errors import InputError
-from rag_app.programs import AnswerMode
-from rag_app.types import Citation, Passage, SearchFilters
+from rag_app.answering.extractive import best_sentence, passage_citation
+from rag_app.answering.grounded import GroundedOutput, GroundedProgram, combine_modes, not_blank
+from rag_app.answering.grounding import Grounding, format_passages
+from rag_app.answering.not_found import NOT_FOUND_ANSWER
+from rag_app.answering.program import AnswerMode
+from rag_app.core.errors import InputError
+from rag_app.core.types import Citation, Passage, SearchFilters
 
 SITE = "paiddaily"
 #: Passages kept per ticker / per catalyst.
@@ -363,19 +355,12 @@ class Tickers(_PaidDailyProgram):
 
     def sector_doc_ids(self, sector: str) -> list[str]:
         """Ids of the ticker pages in ``sector``; an InputError listing the known sectors if none."""
-        from rag_app.store import VectorStore, read_columns
-
-        retriever = getattr(self.pipeline, "retriever", None)
-        store = getattr(retriever, "store", None) or VectorStore(self.settings)
-        table = store.open_table(self.site, self.collection)
-        if table is None:
-            return []
-        data = read_columns(table, ["doc_id", "metadata_json"]).to_pylist()
+        metadata = self.pipeline.retriever.document_metadata(self.collection)
         sectors: dict[str, set[str]] = {}
-        for row in data:
-            name = str(json.loads(row["metadata_json"] or "{}").get("sector") or "")
+        for doc_id, fields in metadata.items():
+            name = str(fields.get("sector") or "")
             if name:
-                sectors.setdefault(name, set()).add(row["doc_id"])
+                sectors.setdefault(name, set()).add(doc_id)
         ids = sorted({d for name, docs in sectors.items() if sector_matches(sector, name) for d in docs})
         if not ids:
             raise InputError(

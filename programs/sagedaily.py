@@ -19,19 +19,12 @@ from typing import ClassVar, Literal
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rag_app.answering import (
-    NOT_FOUND_ANSWER,
-    GroundedOutput,
-    GroundedProgram,
-    Grounding,
-    best_sentence,
-    cite_sentence,
-    extractive_answer,
-    format_passages,
-    passage_citation,
-    terms,
-)
-from rag_app.types import Citation, Passage
+from rag_app.answering.extractive import best_sentence, cite_sentence, extractive_answer, passage_citation
+from rag_app.answering.grounded import GroundedOutput, GroundedProgram
+from rag_app.answering.grounding import Grounding, format_passages
+from rag_app.answering.not_found import NOT_FOUND_ANSWER
+from rag_app.core.text import terms
+from rag_app.core.types import Citation, Passage
 
 SITE = "sagedaily"
 MAX_ITEMS = 10

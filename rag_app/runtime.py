@@ -21,11 +21,11 @@ from typing import Any
 
 from rag_app.answering.program import SiteProgram
 from rag_app.answering.registry import list_programs, program_class
+from rag_app.core.errors import InputError, validation_message
 from rag_app.core.settings import Settings
-from rag_app.ingest.loaders import OnError
 from rag_app.ingest.pipeline import IngestReport, ingest_paths
 from rag_app.models.embeddings import Embedder, load_embedder
-from rag_app.models.lm import resolve_lm
+from rag_app.models.lm import LMResolver
 from rag_app.models.rerank import Reranker, load_reranker
 from rag_app.retrieval.pipeline import RetrieveThenRerank
 from rag_app.retrieval.retriever import LanceDBRetriever
@@ -68,6 +68,7 @@ class Runtime:
         self._embedder = None if embedder is None else self.wrappers.embedder(embedder)
         self._reranker = None if reranker is None else self.wrappers.reranker(reranker)
         self._explicit_lm = lm
+        self._lms = LMResolver(settings)
         self._wrapped_lms: dict[int, tuple[Any, Any]] = {}
         self._lock = threading.RLock()
         self._retrievers: dict[tuple[str, str | None], LanceDBRetriever] = {}
@@ -96,9 +97,13 @@ class Runtime:
     def reranker_loaded(self) -> bool:
         return self._reranker is not None
 
+    def lm_unavailable_reason(self) -> str | None:
+        """Why the configured LM cannot be used right now (probed at most every 30 s), or ``None``."""
+        return self._lms.unavailable_reason()
+
     def lm(self) -> tuple[Any, str | None]:
         """``(lm, None)`` for the LM a call should use, or ``(None, why not)``; wrapped once per LM."""
-        lm, note = resolve_lm(self.settings, self._explicit_lm)
+        lm, note = self._lms.resolve(self._explicit_lm)
         if lm is None:
             return None, note
         with self._lock:
@@ -185,9 +190,24 @@ class Runtime:
         history: list[dict[str, str]] | None = None,
         **fields: Any,
     ) -> Any:
-        """Run ``site``/``program`` on a free-text question (the CLI's ``ask``); its typed output."""
+        """Run ``site``/``program`` on a free-text question (the CLI's ``ask``); its typed output.
+
+        Each program maps the question to its ``Input`` (``input_from_question``): builddaily
+        ``chat_bridge`` takes it as ``message`` with ``history``; ``resources_search`` as ``query``;
+        paiddaily ``tickers`` as ``setup`` and ``catalysts`` as ``description``; sagedaily ``reading`` as
+        the querent's ``question``. ``fields`` hold further ``Input`` fields (``sector``, ``cards`` ...)
+        or ``filters`` as a :class:`~rag_app.core.types.SearchFilters` dict.
+        """
+        if not question or not question.strip():
+            raise InputError("the question is empty")
         instance = self.program(site, program)
-        return instance.run(instance.input_from_question(question, history=history, **fields))
+        if not hasattr(instance, "input_from_question"):
+            raise InputError(f"program {site}/{program} does not take a free-text question")
+        try:
+            inputs = instance.input_from_question(question, history, **fields)
+        except ValueError as exc:
+            raise InputError(f"invalid input for {site}/{program}: {validation_message(exc)}") from exc
+        return instance.run(inputs)
 
     # ---------------------------------------------------------------------------------- ingest
     def ingest(
@@ -201,4 +221,4 @@ class Runtime:
         return ingest_paths(self.settings, site, collection, paths, embedder=self.embedder, **options)
 
 
-__all__ = ["OnError", "Runtime", "StageWrappers"]
+__all__ = ["Runtime", "StageWrappers"]

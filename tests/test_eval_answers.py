@@ -12,9 +12,13 @@ import typer
 from dspy.utils import DummyLM
 from typer.testing import CliRunner
 
-from rag_app.answering import NOT_FOUND_ANSWER, GroundedOutput
-from rag_app.cli_optimize import register
-from rag_app.errors import InputError
+from rag_app.answering.grounded import GroundedOutput
+from rag_app.answering.not_found import NOT_FOUND_ANSWER
+from rag_app.answering.registry import program_class
+from rag_app.cli.quality import register
+from rag_app.core.errors import InputError
+from rag_app.core.settings import Settings
+from rag_app.core.types import Citation, Passage
 from rag_app.evaluation.answers import (
     answer_metrics,
     answers_eval,
@@ -24,9 +28,6 @@ from rag_app.evaluation.answers import (
     strip_citations,
 )
 from rag_app.evaluation.datasets import EvalExample, dataset_hash, load_eval_jsonl
-from rag_app.programs import program_class
-from rag_app.settings import Settings
-from rag_app.types import Citation, Passage
 from tests.conftest import set_offline_cli_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rag_app.errors import LoaderError
+from rag_app.core.errors import LoaderError
 from rag_app.evaluation.datasets import (
     EvalExample,
     dataset_hash,

@@ -6,16 +6,15 @@ import math
 
 import pytest
 
+from rag_app.answering.not_found import NOT_FOUND_ANSWER, is_not_found
+from rag_app.core.text import normalize_answer
 from rag_app.evaluation.metrics import (
-    NOT_FOUND_ANSWER,
     citation_precision,
     doc_ranking,
     exact_match,
-    is_not_found,
     mean_metrics,
     mrr_at_k,
     ndcg_at_k,
-    normalize_answer,
     precision_at_k,
     recall_at_k,
     retrieval_metrics,

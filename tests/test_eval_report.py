@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rag_app.core.settings import Settings
 from rag_app.evaluation import report as report_module
 from rag_app.evaluation.report import (
     DatasetInfo,
@@ -19,7 +20,6 @@ from rag_app.evaluation.report import (
     settings_snapshot,
     write_report,
 )
-from rag_app.settings import Settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROWS = [

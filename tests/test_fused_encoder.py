@@ -44,7 +44,7 @@ def test_fused_encoder_layers_compute_the_same_logits(
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rag_app.fused_encoder import FusedEncoderLayer, fuse_encoder_layers
+    from rag_app.models.fused_encoder import FusedEncoderLayer, fuse_encoder_layers
 
     full = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
     fast = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
@@ -67,7 +67,7 @@ def test_fused_encoder_layers_with_tanh_gelu(tiny_path: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rag_app.fused_encoder import fuse_encoder_layers
+    from rag_app.models.fused_encoder import fuse_encoder_layers
 
     load = AutoModelForSequenceClassification.from_pretrained
     full = load(str(tiny_path), hidden_act="gelu_new").eval()
@@ -82,7 +82,7 @@ def test_gpu_attention_path_matches_the_cpu_one() -> None:
     """cuda-fp16 attends with one batched SDPA call; no GPU here, so its math is checked on CPU."""
     import torch
 
-    from rag_app.fused_encoder import attention_batched, attention_per_sequence
+    from rag_app.models.fused_encoder import attention_batched, attention_per_sequence
 
     gen = torch.Generator().manual_seed(2)
     query, key, value = (torch.randn(3, 4, 7, 8, generator=gen) for _ in range(3))
@@ -109,8 +109,8 @@ def test_fused_encoder_layers_only_where_they_reproduce_the_model(
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rag_app import fused_encoder
-    from rag_app.fused_encoder import fuse_encoder_layers
+    from rag_app.models import fused_encoder
+    from rag_app.models.fused_encoder import fuse_encoder_layers
 
     class NotAnEncoder(torch.nn.Module):
         config = type("Config", (), {"model_type": "gpt2", "hidden_act": "gelu"})()
@@ -139,8 +139,8 @@ def test_prepacked_weights_give_the_same_logits(tiny_path: Path, monkeypatch: py
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rag_app import fused_encoder
-    from rag_app.fused_encoder import PackedLinear, fuse_encoder_layers, prepack_encoder_layers
+    from rag_app.models import fused_encoder
+    from rag_app.models.fused_encoder import PackedLinear, fuse_encoder_layers, prepack_encoder_layers
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_path)).eval()
     assert prepack_encoder_layers(model) is False  # nothing fused yet: nothing to pack
@@ -171,7 +171,7 @@ def test_bare_encoders_keep_every_position(tiny_path: Path) -> None:
     import torch
     from transformers import AutoModel
 
-    from rag_app.fused_encoder import fuse_encoder_layers
+    from rag_app.models.fused_encoder import fuse_encoder_layers
 
     full = AutoModel.from_pretrained(str(tiny_path)).eval()
     fast = AutoModel.from_pretrained(str(tiny_path)).eval()

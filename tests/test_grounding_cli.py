@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag_app import answering
-from rag_app.cli import app
+from rag_app.cli.commands import app
 from tests.conftest import set_offline_cli_env
 from tests.ollama_standin import OllamaStandIn, dspy_chat_reply
 from tests.test_grounding_support import PLANTED_ID, PLANTED_QUESTION, planted_index_dir
@@ -30,7 +29,6 @@ def test_rag_app_ask_drops_an_obeyed_injection(
     tmp_path_factory: pytest.TempPathFactory, sample_index_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = planted_index_dir(tmp_path_factory, sample_index_dir)
-    answering.clear_lm_caches()
     with OllamaStandIn(chat_responder=lambda request: dspy_chat_reply(answer="PWNED [1]")) as ollama:
         set_offline_cli_env(monkeypatch, data_dir)
         for key, value in {
@@ -46,4 +44,3 @@ def test_rag_app_ask_drops_an_obeyed_injection(
     assert "PWNED" not in json.dumps({k: v for k, v in out.items() if k != "passages"}), out
     assert out["mode"] == "extractive" and out["citations"]
     assert any("dropped 1 sentence(s) as unsupported" in n for n in out["notes"])
-    answering.clear_lm_caches()

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from rag_app import answering
 from rag_app.server.app import create_app
 from tests.conftest import make_test_settings
 from tests.live_server import LiveServer
@@ -36,7 +35,6 @@ def without_passages(body: dict[str, Any]) -> str:
 def test_obeyed_injection_citing_a_real_passage_is_dropped_over_http(
     tmp_path_factory: pytest.TempPathFactory, sample_index_dir: Path
 ) -> None:
-    answering.clear_lm_caches()
     with OllamaStandIn(chat_responder=obeying_lm) as ollama:
         settings = make_test_settings(
             planted_index_dir(tmp_path_factory, sample_index_dir),

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from rag_app.cli import app
-from rag_app.ingest import ingest_paths
-from rag_app.locks import FileWriterLocks, WriterLockTimeout
-from rag_app.settings import Settings
-from rag_app.store import VectorStore
+from rag_app.cli.commands import app
+from rag_app.core.settings import Settings
+from rag_app.ingest.pipeline import ingest_paths
+from rag_app.store.locks import FileWriterLocks, WriterLockTimeout
+from rag_app.store.vector_store import VectorStore
 from tests.conftest import REPO_ROOT, SAMPLE_DATA
 from tests.test_store_ingest import CATALYSTS, doc_ids, write_jsonl
 
@@ -29,13 +29,13 @@ RACER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from rag_app.embeddings import get_embedder
-    from rag_app.ingest import ingest_paths
-    from rag_app.settings import Settings
+    from rag_app.models.embeddings import load_embedder
+    from rag_app.ingest.pipeline import ingest_paths
+    from rag_app.core.settings import Settings
 
     me, other, src = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     settings = Settings()
-    get_embedder(settings)
+    load_embedder(settings)
     me.touch()
     while not other.exists():
         time.sleep(0.01)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rag_app.chunking import SEGMENT_CHARS
-from rag_app.cli import app
-from rag_app.embeddings import Embedder
-from rag_app.errors import InputError, LoaderError
-from rag_app.ingest import PruneRefusedError, ingest_documents, ingest_paths
-from rag_app.settings import Settings
-from rag_app.store import VectorStore
-from rag_app.types import Document
+from rag_app.cli.commands import app
+from rag_app.core.errors import InputError, LoaderError
+from rag_app.core.settings import Settings
+from rag_app.core.types import Document
+from rag_app.ingest.chunking import SEGMENT_CHARS
+from rag_app.ingest.pipeline import PruneRefusedError, ingest_documents, ingest_paths
+from rag_app.models.embeddings import Embedder
+from rag_app.store.vector_store import VectorStore
 from tests.test_store_ingest import CATALYSTS, doc_ids, write_jsonl
 
 runner = CliRunner()

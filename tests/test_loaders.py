@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rag_app.errors import LoaderError
-from rag_app.loaders import load_paths, split_sections
+from rag_app.core.errors import LoaderError
+from rag_app.ingest.loaders import load_paths, split_sections
 
 MARKDOWN = """---
 id: sage

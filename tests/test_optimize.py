@@ -19,12 +19,15 @@ import typer
 from dspy.utils import DummyLM
 from typer.testing import CliRunner
 
-from rag_app.answering import NOT_FOUND_ANSWER, state_path
-from rag_app.cli_optimize import register
-from rag_app.errors import InputError, ServiceUnavailableError
+from rag_app.answering.not_found import NOT_FOUND_ANSWER
+from rag_app.answering.program import state_path
+from rag_app.cli.quality import register
+from rag_app.core.errors import InputError, ServiceUnavailableError
+from rag_app.core.settings import Settings
+from rag_app.core.types import Citation
 from rag_app.evaluation.answers import evaluate_answers
 from rag_app.evaluation.datasets import EvalExample, load_eval_jsonl
-from rag_app.optimize import (
+from rag_app.optimize.program import (
     BOOTSTRAP_THRESHOLD,
     StateNotOverwrittenError,
     answer_metric,
@@ -35,7 +38,7 @@ from rag_app.optimize import (
     optimize_program,
     require_lm,
 )
-from rag_app.optimize_retrieval import (
+from rag_app.optimize.retrieval import (
     CHECKPOINT_NAME,
     Trial,
     TrialResult,
@@ -43,11 +46,8 @@ from rag_app.optimize_retrieval import (
     search_retrieval_config,
     trial_grid,
 )
-from rag_app.programs import program_class
-from rag_app.retrieve import LanceDBRetriever
-from rag_app.settings import Settings
-from rag_app.types import Citation
-from tests.conftest import make_test_settings, set_offline_cli_env
+from rag_app.retrieval.retriever import LanceDBRetriever
+from tests.conftest import make_program, make_test_settings, set_offline_cli_env
 from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply, passage_number_containing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_bootstrap_run_saves_a_state_the_program_loads_and_refuses_worse_runs(
 
     # The program loads the state, names it in its output, and its predictor shows the demos to the LM.
     lm = DummyLM([{"answer": "Sage Daily Pro is $8 per user per month [1]."}])
-    loaded = program_class(settings, "builddaily", "chat_bridge")(settings, lm=lm)
+    loaded = make_program(settings, "builddaily", "chat_bridge", lm=lm)
     assert loaded.state == str(path) and len(loaded.respond.demos) == len(state["respond"]["demos"])
     out = loaded.run_dict({"message": "What does Sage Daily Pro cost per month?"})
     assert out.state == str(path) and out.mode == "lm" and out.citations

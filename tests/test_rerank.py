@@ -3,7 +3,6 @@ score cache, degraded and failing modes, threads, async, and the DSPy modules ov
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import threading
@@ -14,22 +13,22 @@ import dspy
 import numpy as np
 import pytest
 
-from rag_app import rerank as rr
-from rag_app.errors import ModelNotAvailableError, RagError
-from rag_app.hardware import cpu_has_bf16, cuda_available
-from rag_app.rerank import (
+from rag_app.core.errors import ModelNotAvailableError, RagError
+from rag_app.core.hardware import cpu_has_bf16, cuda_available
+from rag_app.core.settings import Settings
+from rag_app.core.types import Passage
+from rag_app.models import rerank as rr
+from rag_app.models.rerank import (
     CrossEncoderReranker,
     FallbackReranker,
-    Rerank,
-    RetrieveThenRerank,
     ScoreCache,
     default_max_length,
-    get_reranker,
+    load_reranker,
     relevance_from_logits,
 )
-from rag_app.rerank_backends import resolve_backend
-from rag_app.settings import Settings
-from rag_app.types import Passage
+from rag_app.models.rerank_backends import resolve_backend
+from rag_app.retrieval.pipeline import RetrieveThenRerank
+from rag_app.runtime import Runtime
 
 QUERY = "how do plants turn sunlight into chemical energy"
 TEXTS = [
@@ -53,13 +52,6 @@ def onnx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reranker(tiny_path: Path) -> CrossEncoderReranker:
     """torch-fp32, score cache off: every call runs the model."""
     return CrossEncoderReranker(str(tiny_path), revision=None, backend="torch-fp32", cache_size=0)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_shared_rerankers():
-    rr.clear_rerankers()
-    yield
-    rr.clear_rerankers()
 
 
 def settings_for(tmp_path: Path, model: str, **overrides) -> Settings:
@@ -119,16 +111,14 @@ def counting(reranker: CrossEncoderReranker):
 # --- loading -----------------------------------------------------------------------------------
 
 
-def test_get_reranker_loads_a_local_dir_once_and_shares_it(tiny_path: Path, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, str(tiny_path))
-    first = get_reranker(settings)
+def test_the_runtime_loads_a_local_dir_once_and_shares_it(tiny_path: Path, tmp_path: Path) -> None:
+    runtime = Runtime(settings_for(tmp_path, str(tiny_path)))
+    first = runtime.reranker
     assert isinstance(first, CrossEncoderReranker)
     assert first.available is True
-    assert get_reranker(settings) is first
-    assert get_reranker(Settings(**{**settings.model_dump(), "lm_model": "ollama_chat/other"})) is first
+    assert runtime.reranker is first and runtime.pipeline("builddaily").reranker is first
     described = first.describe()
     assert str(tiny_path) in described and "backend=torch-fp32" in described and "max_length=512" in described
-    assert first.info()["origin"] == "local"
     # DSPy optimisers deep-copy programs: the model must be shared, not duplicated.
     assert copy.deepcopy(first) is first and copy.copy(first) is first
 
@@ -288,11 +278,11 @@ def test_score_cache_is_a_bounded_lru() -> None:
     assert off.get("a") is None
 
 
-def test_module_level_cache_stats_for_metrics(tiny_path: Path, tmp_path: Path) -> None:
-    reranker = get_reranker(settings_for(tmp_path, str(tiny_path)))
+def test_loaded_reranker_counts_cache_hits_for_metrics(tiny_path: Path, tmp_path: Path) -> None:
+    reranker = load_reranker(settings_for(tmp_path, str(tiny_path)))
     reranker.score(QUERY, TEXTS[:3])
     reranker.score(QUERY, TEXTS[:3])
-    stats = rr.cache_stats()
+    stats = reranker.cache_stats()
     assert stats["hits"] == 3 and stats["misses"] == 3
 
 
@@ -303,18 +293,20 @@ def test_fallback_keeps_retrieval_order_and_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = settings_for(tmp_path, str(tmp_path / "no-such-model"), reranker_on_missing="fallback")
-    reranker = get_reranker(settings)
+    reranker = load_reranker(settings)
     assert isinstance(reranker, FallbackReranker) and reranker.available is False
     assert "no-such-model" in reranker.describe() and "retrieval order" in reranker.describe()
     rr._reset_fallback_warning()
     candidates = passages_from(TEXTS)
-    with caplog.at_level(logging.WARNING, logger="rag_app.rerank"):
+    with caplog.at_level(logging.WARNING, logger="rag_app.models.rerank"):
         first = reranker.rerank(QUERY, candidates, top_n=5)
-        second = get_reranker(settings).rerank(QUERY, candidates, top_n=5)
+        second = reranker.rerank(QUERY, candidates, top_n=5)
     assert [p.id for p in first] == [p.id for p in second] == [p.id for p in candidates[:5]]
     assert all(p.reranked is False and p.rerank_score is None for p in first)
     assert [p.score for p in first] == [p.score for p in candidates[:5]]
-    warnings = [r for r in caplog.records if r.name == "rag_app.rerank" and r.levelno == logging.WARNING]
+    warnings = [
+        r for r in caplog.records if r.name == "rag_app.models.rerank" and r.levelno == logging.WARNING
+    ]
     assert len(warnings) == 1
     with pytest.raises(ModelNotAvailableError):
         reranker.score(QUERY, TEXTS)
@@ -322,22 +314,22 @@ def test_fallback_keeps_retrieval_order_and_warns_once(
     rr._reset_fallback_warning()
     caplog.clear()
     reranker.acknowledge()
-    with caplog.at_level(logging.WARNING, logger="rag_app.rerank"):
+    with caplog.at_level(logging.WARNING, logger="rag_app.models.rerank"):
         reranker.rerank(QUERY, candidates, top_n=5)
-    assert not [r for r in caplog.records if r.name == "rag_app.rerank"]
+    assert not [r for r in caplog.records if r.name == "rag_app.models.rerank"]
 
 
 def test_fail_mode_raises_a_helpful_error(tmp_path: Path) -> None:
     hub = settings_for(tmp_path, "BAAI/bge-reranker-base")
     with pytest.raises(ModelNotAvailableError) as info:
-        get_reranker(hub)
+        load_reranker(hub)
     message = str(info.value)
     assert "BAAI/bge-reranker-base" in message and "rag-app models pull" in message
     assert str(tmp_path / "hf-empty") in message  # where it looked
 
     local = settings_for(tmp_path, str(tmp_path / "missing-dir"))
     with pytest.raises(ModelNotAvailableError, match="rag-app models pull"):
-        get_reranker(local)
+        load_reranker(local)
 
 
 # --- concurrency -------------------------------------------------------------------------------
@@ -361,29 +353,6 @@ def test_concurrent_calls_match_a_sequential_call(tiny_path: Path, backend: str)
             concurrent = list(pool.map(call, queries))
         for got, want in zip(concurrent, sequential, strict=True):
             np.testing.assert_array_equal(got, want)
-
-
-def test_async_entry_points_run_off_the_event_loop(
-    reranker: CrossEncoderReranker, counting: CountingBackend
-) -> None:
-    candidates = passages_from(TEXTS)
-    expected = reranker.rerank(QUERY, candidates, top_n=3)
-    expected_scores = reranker.score(QUERY, TEXTS)
-
-    async def main() -> tuple[list[Passage], np.ndarray, int]:
-        ranked, scores = await asyncio.gather(
-            reranker.arerank(QUERY, candidates, top_n=3), reranker.ascore(QUERY, TEXTS)
-        )
-        return ranked, scores, threading.get_ident()
-
-    counting.threads.clear()
-    ranked, scores, loop_thread = asyncio.run(main())
-    assert [p.id for p in ranked] == [p.id for p in expected]
-    np.testing.assert_array_equal(scores, expected_scores)
-    assert counting.threads and loop_thread not in counting.threads
-
-
-# --- DSPy modules ------------------------------------------------------------------------------
 
 
 class FixedPassagesRetrieverDouble(dspy.Module):
@@ -440,13 +409,8 @@ def test_retrieve_then_rerank_reranks_the_whole_window(reranker: CrossEncoderRer
     assert retriever.calls[-1]["k"] == 10 and len(smaller.candidates) == 10 and len(smaller.passages) == 3
 
 
-def test_retrieve_then_rerank_async_and_fallback(reranker: CrossEncoderReranker) -> None:
+def test_retrieve_then_rerank_falls_back_to_retrieval_order(reranker: CrossEncoderReranker) -> None:
     candidates = twenty_candidates(reranker)
-    pipeline = RetrieveThenRerank(FixedPassagesRetrieverDouble(candidates), reranker)
-    sync = pipeline(query=QUERY)
-    async_pred = asyncio.run(pipeline.acall(query=QUERY))
-    assert [p.id for p in async_pred.passages] == [p.id for p in sync.passages]
-
     degraded = RetrieveThenRerank(
         FixedPassagesRetrieverDouble(candidates), FallbackReranker("weights missing")
     )
@@ -456,27 +420,23 @@ def test_retrieve_then_rerank_async_and_fallback(reranker: CrossEncoderReranker)
     assert all(not p.reranked for p in pred.passages)
 
 
-def test_rerank_module(reranker: CrossEncoderReranker) -> None:
+def test_rerank_keeps_the_retrieval_view(reranker: CrossEncoderReranker) -> None:
     candidates = twenty_candidates(reranker)
-    module = Rerank(reranker)
-    pred = module(query=QUERY, passages=candidates)
-    assert len(pred.passages) == 5 and pred.reranked is True
-    assert pred.passages[0].id == candidates[-1].id
-    assert len(module(query=QUERY, passages=candidates, top_n=2).passages) == 2
+    best = reranker.rerank(QUERY, candidates, top_n=5)
+    assert len(best) == 5 and all(p.reranked for p in best)
+    assert best[0].id == candidates[-1].id
     # Passages that never saw a retriever get their input position as retrieval rank.
     bare = [Passage(id=f"b{i}", doc_id="d", text=t, score=0.5) for i, t in enumerate(TEXTS)]
-    ranked = module(query=QUERY, passages=bare, top_n=len(bare)).passages
+    ranked = reranker.rerank(QUERY, bare, top_n=len(bare))
     assert sorted(p.retrieval_rank for p in ranked) == list(range(1, len(bare) + 1))
     assert all(p.retrieval_score == 0.5 for p in ranked)
-    # A DSPy deep copy of a program shares the reranker instead of copying the model.
-    assert module.deepcopy().reranker is reranker
 
 
 def test_torch_backends_fuse_all_but_the_fp32_reference(tiny_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from rag_app.fused_encoder import FusedEncoderLayer, PackedLinear
-    from rag_app.rerank_backends import TorchBackend, available_backends
+    from rag_app.models.fused_encoder import FusedEncoderLayer, PackedLinear
+    from rag_app.models.rerank_backends import TorchBackend, available_backends
 
     names = ["torch-fp32"] + (["torch-bf16"] if "torch-bf16" in available_backends() else [])
     for name in names:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from rag_app.rerank import CrossEncoderReranker
-from rag_app.rerank_backends import available_backends
+from rag_app.models.rerank import CrossEncoderReranker
+from rag_app.models.rerank_backends import available_backends
 from tests.tiny_models import build_minilm_cross_encoder
 
 QUERIES = [
@@ -82,7 +82,8 @@ PASSAGES = [
 # far (in logits) from the 5th/6th boundary; closer ones are near-ties that any rounding may swap. The
 # margins are ~2.5x each backend's measured max |logit - fp32 logit|. Measured here over the 10 queries:
 #   onnx-fp32: Spearman 1.0 on every query, identical top-5 on 10/10, max |diff| ~1e-6 (margin 0: exact).
-#   torch-bf16 (fused layers, rag_app.fused_encoder): Spearman min 0.9966, mean 0.9985; max |diff| 0.017;
+#   torch-bf16 (fused layers, rag_app.models.fused_encoder): Spearman min 0.9966, mean 0.9985;
+#     max |diff| 0.017;
 #     identical top-5 on 9/10 (the 10th has a 0.011 gap between fp32's 5th and 6th passage, which bf16
 #     swaps). With Hugging Face's own layers in bf16 it was min 0.994, mean 0.998, max |diff| 0.022.
 #   onnx-int8 (dynamic, per-channel weights): Spearman min 0.949, mean 0.967; max |diff| 0.21; identical

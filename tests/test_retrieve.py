@@ -8,10 +8,10 @@ from pathlib import Path
 import dspy
 import pytest
 
-from rag_app.ingest import ingest_paths
-from rag_app.retrieve import LanceDBRetriever
-from rag_app.settings import Settings
-from rag_app.types import Passage
+from rag_app.core.settings import Settings
+from rag_app.core.types import Passage
+from rag_app.ingest.pipeline import ingest_paths
+from rag_app.retrieval.retriever import LanceDBRetriever
 from tests.conftest import SAMPLE_DATA
 
 
@@ -64,7 +64,7 @@ def test_saved_retrieval_config_sets_defaults(builddaily: Settings) -> None:
 
 
 def test_k_bounds(builddaily: Settings) -> None:
-    from rag_app.errors import InputError
+    from rag_app.core.errors import InputError
 
     with pytest.raises(InputError, match="k must be between 1 and 1000"):
         LanceDBRetriever(builddaily, "builddaily")(query="x", k=0)

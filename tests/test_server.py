@@ -22,11 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rag_app import answering
-from rag_app.ingest import ingest_paths
+from rag_app.core.settings import Settings
+from rag_app.ingest.pipeline import ingest_paths
 from rag_app.server.app import create_app
 from rag_app.server.logging import JsonFormatter
-from rag_app.settings import Settings
 from tests.live_server import LiveServer
 from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply, passage_number_containing
 
@@ -182,8 +181,8 @@ def client(live: LiveServer) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def constrained(base_settings: Settings) -> Iterator[LiveServer]:
     """One embed slot, no queue, a 1.5 s deadline, CORS on; slow and exploding test doubles injected."""
-    from rag_app.embeddings import get_embedder
-    from rag_app.rerank import get_reranker
+    from rag_app.models.embeddings import load_embedder
+    from rag_app.models.rerank import load_reranker
 
     settings = base_settings.model_copy(
         update={
@@ -195,8 +194,8 @@ def constrained(base_settings: Settings) -> Iterator[LiveServer]:
     )
     app = create_app(
         settings,
-        embedder=SlowEmbedderTestDouble(get_embedder(settings), delay_s=3.5),
-        reranker=ExplodingRerankerTestDouble(get_reranker(settings)),
+        embedder=SlowEmbedderTestDouble(load_embedder(settings), delay_s=3.5),
+        reranker=ExplodingRerankerTestDouble(load_reranker(settings)),
     )
     with LiveServer(app) as server:
         yield server
@@ -650,7 +649,6 @@ def test_cors_when_configured(constrained: LiveServer) -> None:
 
 def test_lm_answers_through_the_ollama_standin(base_settings: Settings) -> None:
     """LM mode over the real LiteLLM ollama_chat path, against the loopback Ollama STAND-IN."""
-    answering.clear_lm_caches()
     claim = "A single Forge job can run for at most 6 hours"
     cited: list[int] = []
 
@@ -697,7 +695,6 @@ def test_lm_answers_through_the_ollama_standin(base_settings: Settings) -> None:
 
 def test_readyz_200_and_extractive_while_the_lm_is_unreachable(base_settings: Settings) -> None:
     """Ready means "can serve requests": an unreachable LM is reported, not a reason to stay 503."""
-    answering.clear_lm_caches()
     settings = base_settings.model_copy(
         update={"lm_model": "ollama_chat/llama3.2", "ollama_host": dead_host(), "lm_retries": 0}
     )

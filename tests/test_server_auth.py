@@ -20,12 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag_app.errors import InputError
-from rag_app.ingest import ingest_paths
-from rag_app.server import add_key, create_app, list_keys, revoke_key, serve
-from rag_app.server.auth import AuthError, KeyChecker
+from rag_app.core.errors import InputError
+from rag_app.core.settings import Settings
+from rag_app.ingest.pipeline import ingest_paths
+from rag_app.server import serve
+from rag_app.server.app import create_app
+from rag_app.server.auth import AuthError, KeyChecker, add_key, list_keys, revoke_key
 from rag_app.server.run import SETTINGS_ENV, app_from_env, check_bind, is_loopback
-from rag_app.settings import Settings
 from tests.live_server import LiveServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from rag_app import answering
 from rag_app.server.app import create_app
 from tests.conftest import make_test_settings
 from tests.live_server import LiveServer
@@ -42,7 +41,6 @@ def wait_for(condition: Any, what: str) -> None:
 
 
 def test_queued_streams_of_gone_clients_never_call_the_lm(sample_index_dir: Path) -> None:
-    answering.clear_lm_caches()
     release = threading.Event()
     calls: list[str] = []
     lock = threading.Lock()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from rag_app.embeddings import Embedder, OllamaEmbedder
-from rag_app.errors import EmbedderMismatchError, InputError, LoaderError
-from rag_app.ingest import ingest_documents, ingest_paths
-from rag_app.retrieve import LanceDBRetriever
-from rag_app.settings import Settings
-from rag_app.store import VectorStore, read_columns
+from rag_app.core.errors import EmbedderMismatchError, InputError, LoaderError
+from rag_app.core.settings import Settings
+from rag_app.ingest.pipeline import ingest_documents, ingest_paths
+from rag_app.models.embeddings import Embedder, OllamaEmbedder
+from rag_app.retrieval.retriever import LanceDBRetriever
+from rag_app.store.vector_store import VectorStore, read_columns
 from tests.ollama_standin import OllamaStandIn
 
 CATALYSTS = [
@@ -110,7 +110,7 @@ def test_crash_mid_ingest_leaves_whole_documents_and_resumes(settings: Settings,
 
 
 def _docs(rows: list[dict]):
-    from rag_app.loaders import record_to_document
+    from rag_app.ingest.loaders import record_to_document
 
     return [record_to_document(r, path=Path("mem"), line=i) for i, r in enumerate(rows, 1)]
 

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from rag_app import answering
 from rag_app.server.app import create_app
 from tests.conftest import make_test_settings
 from tests.live_server import LiveServer
@@ -63,7 +62,6 @@ def lm_settings(index_dir: Path, host: str, **overrides: Any) -> Any:
 def test_lm_answer_streams_token_by_token_after_the_passages(sample_index_dir: Path) -> None:
     """The passages event reaches the client before the LM is even asked (the stand-in holds its reply
     until the client has seen it), then the answer arrives in several token events."""
-    answering.clear_lm_caches()
     passages_seen = threading.Event()
     waited: list[bool] = []
 
@@ -107,7 +105,6 @@ def test_lm_answer_streams_token_by_token_after_the_passages(sample_index_dir: P
 
 def test_done_answer_is_the_grounded_one(sample_index_dir: Path) -> None:
     """Grounding runs after the LM: an invalid citation is streamed raw but dropped in done.answer."""
-    answering.clear_lm_caches()
     reply = "Retries use exponential backoff [1] and a dead-letter queue [99]."
     with OllamaStandIn(chat_responder=lambda request: dspy_chat_reply(answer=reply)) as ollama:
         settings = lm_settings(sample_index_dir, ollama.host)
@@ -138,7 +135,6 @@ def test_extractive_stream_sends_the_answer_in_one_token(sample_index_dir: Path)
 
 def test_deadline_after_the_stream_opened_is_an_error_event(sample_index_dir: Path) -> None:
     """The passages went out, then the LM outlived the request deadline: ``event: error``, stream ends."""
-    answering.clear_lm_caches()
     release = threading.Event()
 
     def responder(request: dict[str, Any]) -> str:

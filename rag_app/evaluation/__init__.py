@@ -6,6 +6,8 @@ tests, benchmarks and notebooks without loading any model.
 
 from __future__ import annotations
 
+from rag_app.answering.not_found import NOT_FOUND_ANSWER, is_not_found
+from rag_app.core.text import normalize_answer
 from rag_app.evaluation.datasets import (
     EvalExample,
     HistoryTurn,
@@ -16,17 +18,14 @@ from rag_app.evaluation.datasets import (
 )
 from rag_app.evaluation.metrics import (
     DEFAULT_KS,
-    NOT_FOUND_ANSWER,
     Relevance,
     citation_precision,
     doc_ranking,
     exact_match,
-    is_not_found,
     match_relevant,
     mean_metrics,
     mrr_at_k,
     ndcg_at_k,
-    normalize_answer,
     precision_at_k,
     recall_at_k,
     relevance_grades,

@@ -40,15 +40,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rag_app.errors import InputError
+from rag_app.answering.not_found import is_not_found
+from rag_app.core.errors import InputError
+from rag_app.core.settings import Settings
 from rag_app.evaluation.datasets import EvalExample, dataset_hash, load_eval_jsonl
-from rag_app.evaluation.metrics import (
-    citation_precision,
-    exact_match,
-    is_not_found,
-    mean_metrics,
-    token_f1,
-)
+from rag_app.evaluation.metrics import citation_precision, exact_match, mean_metrics, token_f1
 from rag_app.evaluation.report import (
     DatasetInfo,
     EvalReport,
@@ -58,7 +54,6 @@ from rag_app.evaluation.report import (
     settings_snapshot,
     write_report,
 )
-from rag_app.settings import Settings
 
 #: Per-row metric keys (``not_found`` averages to :data:`NOT_FOUND_RATE`).
 ANSWER_KEYS = ("exact_match", "token_f1", "citation_precision", "not_found")
@@ -295,10 +290,11 @@ def evaluate_answers(
     """
     from tqdm.auto import tqdm
 
-    from rag_app.grounding import format_passages
-    from rag_app.lm import resolve_lm
-    from rag_app.programs import program_class
-    from rag_app.retrieve import load_retrieval_config
+    from rag_app.answering.grounding import format_passages
+    from rag_app.answering.registry import program_class
+    from rag_app.models.lm import LMResolver
+    from rag_app.retrieval.config import load_retrieval_config
+    from rag_app.runtime import Runtime
 
     cls = program_class(settings, site, program)
     rows_in, skipped = select_rows(examples, site, program, all_rows=all_rows)
@@ -315,11 +311,11 @@ def evaluate_answers(
     if skipped:
         notes.append(f"left out {skipped} row(s) naming another site or program")
 
-    instance = program_obj if program_obj is not None else cls(settings, lm=lm)
+    instance = program_obj if program_obj is not None else cls(settings, services=Runtime(settings), lm=lm)
     judges = None
     judge_model: Any = None
     if judge:
-        judge_model, why_not = resolve_lm(settings, judge_lm if judge_lm is not None else lm)
+        judge_model, why_not = LMResolver(settings).resolve(judge_lm if judge_lm is not None else lm)
         if judge_model is not None:
             judges = _Judges(judge_model)
         else:

@@ -1,6 +1,6 @@
 """Evaluation sets: our own JSONL format, BEIR folders (SciFact) and FinanceBench, as EvalExample lists.
 
-Every loader fails with a :class:`~rag_app.errors.LoaderError` that names the file and the line, so a
+Every loader fails with a :class:`~rag_app.core.errors.LoaderError` that names the file and the line, so a
 typo in a hand-written eval file is fixed in seconds instead of surfacing as a skewed metric.
 :func:`dataset_hash` fingerprints the files so a report says exactly which data produced it.
 """
@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rag_app.errors import LoaderError, validation_message
-from rag_app.types import SearchFilters
+from rag_app.core.errors import LoaderError, validation_message
+from rag_app.core.types import SearchFilters
 
 #: Files whose bytes make up a dataset folder's identity (SOURCE.md and README edits do not count).
 DATA_SUFFIXES = frozenset({".jsonl", ".json", ".tsv", ".csv"})

@@ -24,14 +24,13 @@ not-found check the answer programs rely on.
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 
+from rag_app.core.text import normalize_answer
+
 #: The exact answer the per-site programs give when the passages do not contain the answer.
-NOT_FOUND_ANSWER = "Not found in the sources."
 
 #: Relevance judgments: a collection of relevant ids (grade 1) or a mapping id -> grade.
 Relevance = Mapping[str, int] | Mapping[str, float] | Collection[str]
@@ -215,19 +214,6 @@ def mean_metrics(
 
 # --- answer metrics ------------------------------------------------------------------------------
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace.
-
-    Same order of steps as the official SQuAD evaluation script, so EM/F1 match published numbers.
-    """
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def _golds(gold: str | Sequence[str]) -> list[str]:
@@ -273,11 +259,3 @@ def citation_precision(cited_doc_ids: Sequence[str], relevant: Relevance) -> flo
     grades = relevance_grades(relevant)
     good = sum(1 for doc_id in cited_doc_ids if match_relevant(doc_id, grades) is not None)
     return good / len(cited_doc_ids)
-
-
-def is_not_found(answer_text: str) -> bool:
-    """True when the answer is the programs' not-found phrase (compared after SQuAD normalisation).
-
-    Normalising tolerates an LM's changes of case, punctuation or spacing around the fixed phrase.
-    """
-    return normalize_answer(answer_text) == normalize_answer(NOT_FOUND_ANSWER)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from rag_app.settings import Settings
+from rag_app.core.settings import Settings
 
 #: The project root (holds ``pyproject.toml`` in a source checkout); ``git rev-parse`` runs here.
 PROJECT_DIR = Path(__file__).resolve().parents[2]

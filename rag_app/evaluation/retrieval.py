@@ -16,13 +16,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rag_app.core.settings import Settings
+from rag_app.core.types import Passage
 from rag_app.evaluation.datasets import EvalExample
 from rag_app.evaluation.metrics import mean_metrics, retrieval_metrics
 from rag_app.evaluation.report import ReportRow
-from rag_app.ingest import IngestReport, ingest_paths
-from rag_app.retrieve import LanceDBRetriever
-from rag_app.settings import Settings
-from rag_app.types import Passage
+from rag_app.ingest.pipeline import IngestReport, ingest_paths
+from rag_app.retrieval.retriever import LanceDBRetriever
 
 EVAL_SITE = "eval"
 #: Chunks fetched per query so that ``k`` distinct documents remain after de-duplication.
@@ -117,9 +117,9 @@ def evaluate_retrieval(
 
 def reranker_fn(settings: Settings) -> tuple[Callable[[str, list[Passage]], list[Passage]], Any]:
     """A rerank function over the whole window (top_n = window size), and the reranker behind it."""
-    from rag_app.rerank import get_reranker
+    from rag_app.models.rerank import load_reranker
 
-    reranker = get_reranker(settings)
+    reranker = load_reranker(settings)
 
     def rerank(query: str, passages: list[Passage]) -> list[Passage]:
         return reranker.rerank(query, passages, top_n=len(passages))

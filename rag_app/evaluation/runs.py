@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag_app.errors import InputError
+from rag_app.core.errors import InputError
+from rag_app.core.settings import SEARCH_MODES, Settings, check_search_mode
 from rag_app.evaluation.datasets import EvalExample, dataset_hash, load_beir_queries, load_eval_jsonl
 from rag_app.evaluation.report import (
     DatasetInfo,
@@ -21,8 +22,7 @@ from rag_app.evaluation.report import (
     write_report,
 )
 from rag_app.evaluation.retrieval import RERANK_KEYS, evaluate_retrieval, index_beir, reranker_fn
-from rag_app.retrieve import SEARCH_MODES
-from rag_app.settings import Settings
+from rag_app.models.rerank import unavailable_note
 
 METRIC_KEYS = ("recall@5", "recall@20", "mrr@5", "ndcg@10")
 
@@ -71,8 +71,8 @@ def retrieval_eval(
     report_dir: Path | None = None,
     progress: bool = True,
 ) -> RetrievalEvalResult:
-    if mode is not None and mode not in SEARCH_MODES:
-        raise InputError(f"unknown mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
+    if mode is not None:
+        check_search_mode(mode)
     if not 1 <= k <= 100:
         raise InputError(f"--k must be between 1 and 100, got {k}")
     modes = [mode] if mode else list(SEARCH_MODES)
@@ -98,8 +98,9 @@ def retrieval_eval(
     rerank_fn = None
     if rerank:
         rerank_fn, reranker = reranker_fn(settings)
-        if not reranker.available:
-            notes.append(f"reranker unavailable, '+rerank' rows keep retrieval order: {reranker.describe()}")
+        note = unavailable_note(reranker)
+        if note:
+            notes.append(f"{note} (the '+rerank' rows keep retrieval order)")
     rows = evaluate_retrieval(
         settings, eval_site, collections, examples, modes=modes, k=k, rerank_fn=rerank_fn, progress=progress
     )

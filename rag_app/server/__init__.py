@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from rag_app.settings import Settings
+    from rag_app.core.settings import Settings
 
 __all__ = ["add_key", "create_app", "list_keys", "revoke_key", "serve"]
 

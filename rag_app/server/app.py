@@ -34,15 +34,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag_app.answering import answer_events
-from rag_app.errors import (
+from rag_app.answering.events import answer_events
+from rag_app.core.errors import (
     EmbedderMismatchError,
     InputError,
     ModelNotAvailableError,
     RagError,
     ServiceUnavailableError,
 )
+from rag_app.core.settings import Settings
+from rag_app.models.rerank import unavailable_note
 from rag_app.server.auth import AuthError, KeyInfo
+from rag_app.server.gates import RequestScope, request_scope_var
 from rag_app.server.limits import ClientGone, DeadlineExceeded, Overloaded
 from rag_app.server.logging import new_request_id, request_id_var
 from rag_app.server.metrics import CONTENT_TYPE
@@ -62,11 +65,10 @@ from rag_app.server.schemas import (
     parse_body,
     program_input_schema,
 )
-from rag_app.server.state import RequestScope, ServerState, request_scope_var
+from rag_app.server.state import ServerState
 from rag_app.server.streaming import END as STREAM_END
 from rag_app.server.streaming import GONE as CLIENT_GONE
 from rag_app.server.streaming import SSEEventSink
-from rag_app.settings import Settings
 
 log = logging.getLogger("rag_app.server")
 access_log = logging.getLogger("rag_app.server.access")
@@ -731,10 +733,9 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         timings = {**pred.timings, **queued}
         state.metrics.observe_timings(timings)
         request.scope["state"]["timings"] = timings
-        notes = []
-        describe = state.reranker.describe() if hasattr(state.reranker, "describe") else ""
-        if not pred.reranked:
-            notes.append(f"reranker unavailable, kept retrieval order: {describe}")
+        describe = state.reranker.describe()
+        note = None if pred.reranked else unavailable_note(state.reranker)
+        notes = [note] if note else []
         return SearchResponse(
             query=query,
             site=site,
@@ -809,7 +810,7 @@ def _add_program_routes(app: FastAPI, state: ServerState) -> dict[str, dict[str,
     Returns the Input schemas (OpenAPI components): each program's own, plus the server's rules for it
     (:data:`~rag_app.server.schemas.PROGRAM_INPUT_RULES`), which is what the route enforces.
     """
-    from rag_app.programs import list_programs, program_class
+    from rag_app.answering.registry import list_programs, program_class
 
     components: dict[str, dict[str, Any]] = {}
     try:
@@ -887,7 +888,7 @@ def _chat_inputs(state: ServerState, site: str, body: ChatRequest) -> BaseModel:
             f"messages[{last}].role: the last message must be the user's, got {messages[last].role!r}",
             field=f"messages[{last}].role",
         )
-    from rag_app.programs import program_class
+    from rag_app.answering.registry import program_class
 
     cls = program_class(settings, site, CHAT_PROGRAM)
     payload = {"message": messages[last].content, "history": [m.model_dump() for m in messages[:last]]}

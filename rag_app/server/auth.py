@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag_app.errors import InputError, RagError
-from rag_app.settings import Settings
+from rag_app.core.errors import InputError, RagError
+from rag_app.core.settings import Settings
 
 log = logging.getLogger("rag_app.server.auth")
 

@@ -9,8 +9,8 @@ import os
 import socket
 from typing import Any
 
-from rag_app.errors import InputError
-from rag_app.settings import Settings
+from rag_app.core.errors import InputError
+from rag_app.core.settings import Settings
 
 log = logging.getLogger("rag_app.server")
 

