@@ -241,7 +241,7 @@ def bench_model(
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer
 
-    from rag_app.models.rerank import CrossEncoderReranker
+    from rag_app.models.rerank.cross_encoder import CrossEncoderReranker
 
     config, params = count_params(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from rag_app.models.rerank_backends import available_backends
+    from rag_app.models.rerank.backends.selection import available_backends
 
     tokens_list = [int(t) for t in args.tokens.split(",") if t.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] or available_backends()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag_app.cli.commands import app
+from rag_app.cli import app
 
 runner = CliRunner()
 CATALYSTS = (

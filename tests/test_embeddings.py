@@ -13,13 +13,10 @@ import pytest
 
 from rag_app.core.errors import InputError, ModelNotAvailableError, ServiceUnavailableError
 from rag_app.core.settings import Settings
-from rag_app.models.embeddings import (
-    Embedder,
-    OllamaEmbedder,
-    SentenceTransformerEmbedder,
-    check_query,
-    load_embedder,
-)
+from rag_app.models.embeddings import load_embedder
+from rag_app.models.embeddings.base import Embedder, check_query
+from rag_app.models.embeddings.ollama import OllamaEmbedder
+from rag_app.models.embeddings.sentence_transformers import SentenceTransformerEmbedder
 from rag_app.runtime import Runtime
 from tests.ollama_standin import OllamaStandIn, count_tokens, dead_host
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag_app.cli.commands import app
+from rag_app.cli import app
 from tests.conftest import set_offline_cli_env
 from tests.ollama_standin import OllamaStandIn, dspy_chat_reply
 from tests.test_grounding_support import PLANTED_ID, PLANTED_QUESTION, planted_index_dir

@@ -38,11 +38,25 @@ def test_no_class_is_created_or_patched_at_run_time() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "new_class":
                 offenders.append(f"{path}:{node.lineno} types.new_class")
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type":
-                if len(node.args) == 3:
-                    offenders.append(f"{path}:{node.lineno} type(name, bases, dict)")
+            called = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else None
+            if called == "type" and len(node.args) == 3:  # type: ignore[union-attr]
+                offenders.append(f"{path}:{node.lineno} type(name, bases, dict)")
             if isinstance(node, ast.Assign):
                 for target in node.targets:
                     if isinstance(target, ast.Attribute) and target.attr == "__class__":
                         offenders.append(f"{path}:{node.lineno} __class__ assignment")
     assert not offenders, offenders
+
+
+def test_the_public_api_is_small_and_lazy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rag_app; assert 'torch' not in sys.modules;"
+        "print(sorted(rag_app.__all__)); rag_app.Runtime; rag_app.Settings"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    expected = ["Embedder", "Reranker", "Runtime", "Settings", "ask", "ingest_files", "search"]
+    assert out.stdout.strip() == str(expected)

@@ -27,25 +27,12 @@ from rag_app.core.settings import Settings
 from rag_app.core.types import Citation
 from rag_app.evaluation.answers import evaluate_answers
 from rag_app.evaluation.datasets import EvalExample, load_eval_jsonl
-from rag_app.optimize.program import (
-    BOOTSTRAP_THRESHOLD,
-    StateNotOverwrittenError,
-    answer_metric,
-    answer_score,
-    feedback_metric,
-    make_optimizer,
-    meta_path,
-    optimize_program,
-    require_lm,
-)
-from rag_app.optimize.retrieval import (
-    CHECKPOINT_NAME,
-    Trial,
-    TrialResult,
-    pick_best,
-    search_retrieval_config,
-    trial_grid,
-)
+from rag_app.optimize.metric import BOOTSTRAP_THRESHOLD, answer_metric, answer_score, feedback_metric
+from rag_app.optimize.optimizers import make_optimizer, require_lm
+from rag_app.optimize.program import optimize_program
+from rag_app.optimize.retrieval import CHECKPOINT_NAME, search_retrieval_config
+from rag_app.optimize.state import StateNotOverwrittenError, meta_path
+from rag_app.optimize.trials import Trial, TrialResult, pick_best, trial_grid
 from rag_app.retrieval.retriever import LanceDBRetriever
 from tests.conftest import make_program, make_test_settings, set_offline_cli_env
 from tests.ollama_standin import OllamaStandIn, dead_host, dspy_chat_reply, passage_number_containing

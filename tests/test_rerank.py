@@ -1,5 +1,5 @@
 """The reranking stage on a tiny offline cross-encoder: loading, ordering, truncation, duplicates, the
-score cache, degraded and failing modes, threads, async, and the DSPy modules over a test retriever."""
+score cache, degraded and failing modes, threads, and the DSPy modules over a test retriever."""
 
 from __future__ import annotations
 
@@ -17,16 +17,14 @@ from rag_app.core.errors import ModelNotAvailableError, RagError
 from rag_app.core.hardware import cpu_has_bf16, cuda_available
 from rag_app.core.settings import Settings
 from rag_app.core.types import Passage
-from rag_app.models import rerank as rr
-from rag_app.models.rerank import (
-    CrossEncoderReranker,
-    FallbackReranker,
-    ScoreCache,
-    default_max_length,
-    load_reranker,
-    relevance_from_logits,
-)
-from rag_app.models.rerank_backends import resolve_backend
+from rag_app.models.rerank import fallback as fallback_module
+from rag_app.models.rerank import load_reranker
+from rag_app.models.rerank.backends.selection import resolve_backend
+from rag_app.models.rerank.base import relevance_from_logits
+from rag_app.models.rerank.cache import ScoreCache
+from rag_app.models.rerank.cross_encoder import CrossEncoderReranker
+from rag_app.models.rerank.fallback import FallbackReranker
+from rag_app.models.rerank.pairs import default_max_length
 from rag_app.retrieval.pipeline import RetrieveThenRerank
 from rag_app.runtime import Runtime
 
@@ -152,7 +150,7 @@ def test_max_length_setting_overrides_and_is_clamped(tiny_path: Path) -> None:
     assert short.query_max_tokens <= (64 - 3) // 2
     long = CrossEncoderReranker(str(tiny_path), revision=None, backend="torch-fp32", max_length=4096)
     assert long.max_length == 512  # the tiny model has 512 positions
-    pair = long.encode_pairs(QUERY, ["word " * 3000])[0]
+    pair = long.encoder.encode(QUERY, ["word " * 3000])[0]
     assert len(pair.input_ids) == 512
 
 
@@ -194,8 +192,8 @@ def test_relevance_is_a_float64_sigmoid_of_the_logit() -> None:
 def test_a_5000_word_query_still_leaves_the_passage(reranker: CrossEncoderReranker) -> None:
     long_query = " ".join(["photosynthesis"] * 2500 + ["chlorophyll"] * 2500)
     passage = TEXTS[0]
-    full = len(reranker.encode_pairs("", [passage])[0].input_ids) - 3
-    pair = reranker.encode_pairs(long_query, [passage])[0]
+    full = len(reranker.encoder.encode("", [passage])[0].input_ids) - 3
+    pair = reranker.encoder.encode(long_query, [passage])[0]
     assert pair.query_tokens == reranker.query_max_tokens == 64
     assert pair.passage_tokens == full and not pair.passage_truncated
     assert len(pair.input_ids) == 64 + full + 3
@@ -204,7 +202,7 @@ def test_a_5000_word_query_still_leaves_the_passage(reranker: CrossEncoderRerank
 
 def test_a_long_passage_is_truncated_to_max_length(reranker: CrossEncoderReranker) -> None:
     long_passage = " ".join(TEXTS * 400)  # ~6000 tokens
-    pairs = reranker.encode_pairs(QUERY, [long_passage, TEXTS[1]])
+    pairs = reranker.encoder.encode(QUERY, [long_passage, TEXTS[1]])
     assert len(pairs[0].input_ids) == reranker.max_length
     assert pairs[0].passage_truncated and not pairs[1].passage_truncated
     assert pairs[0].query_tokens == pairs[1].query_tokens  # the query is never cut for the passage
@@ -226,7 +224,7 @@ def test_length_sorted_batches_give_the_same_scores(tiny_path: Path, reranker: C
     np.testing.assert_allclose(batched.score(QUERY, mixed), one_by_one, atol=1e-5)
     assert batched.cache_stats()["batches"] == len(widths) == 5  # ceil(13 / 3)
     assert widths == sorted(widths)  # similar lengths together, each padded to its own longest
-    lengths = sorted(len(p.input_ids) for p in batched.encode_pairs(QUERY, mixed))
+    lengths = sorted(len(p.input_ids) for p in batched.encoder.encode(QUERY, mixed))
     assert widths == [max(lengths[i : i + 3]) for i in range(0, len(lengths), 3)]
 
 
@@ -290,13 +288,13 @@ def test_loaded_reranker_counts_cache_hits_for_metrics(tiny_path: Path, tmp_path
 
 
 def test_fallback_keeps_retrieval_order_and_warns_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings_for(tmp_path, str(tmp_path / "no-such-model"), reranker_on_missing="fallback")
     reranker = load_reranker(settings)
     assert isinstance(reranker, FallbackReranker) and reranker.available is False
     assert "no-such-model" in reranker.describe() and "retrieval order" in reranker.describe()
-    rr._reset_fallback_warning()
+    monkeypatch.setattr(fallback_module, "_fallback_warned", False)
     candidates = passages_from(TEXTS)
     with caplog.at_level(logging.WARNING, logger="rag_app.models.rerank"):
         first = reranker.rerank(QUERY, candidates, top_n=5)
@@ -311,7 +309,7 @@ def test_fallback_keeps_retrieval_order_and_warns_once(
     with pytest.raises(ModelNotAvailableError):
         reranker.score(QUERY, TEXTS)
     # A caller that has shown the reason itself (the demo) acknowledges it: no log warning at all.
-    rr._reset_fallback_warning()
+    monkeypatch.setattr(fallback_module, "_fallback_warned", False)
     caplog.clear()
     reranker.acknowledge()
     with caplog.at_level(logging.WARNING, logger="rag_app.models.rerank"):
@@ -436,7 +434,8 @@ def test_torch_backends_fuse_all_but_the_fp32_reference(tiny_path: Path) -> None
     from transformers import AutoModelForSequenceClassification
 
     from rag_app.models.fused_encoder import FusedEncoderLayer, PackedLinear
-    from rag_app.models.rerank_backends import TorchBackend, available_backends
+    from rag_app.models.rerank.backends.selection import available_backends
+    from rag_app.models.rerank.backends.torch import TorchBackend
 
     names = ["torch-fp32"] + (["torch-bf16"] if "torch-bf16" in available_backends() else [])
     for name in names:

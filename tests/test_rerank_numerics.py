@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from rag_app.models.rerank import CrossEncoderReranker
-from rag_app.models.rerank_backends import available_backends
+from rag_app.models.rerank.backends.selection import available_backends
+from rag_app.models.rerank.cross_encoder import CrossEncoderReranker
 from tests.tiny_models import build_minilm_cross_encoder
 
 QUERIES = [

@@ -113,11 +113,11 @@ def test_concurrent_adds_lose_nothing(settings: Settings) -> None:
 
 def test_key_checker(settings: Settings) -> None:
     checker = KeyChecker(settings)
-    assert checker.required is False and checker.check(None, "builddaily") is None  # no keys: auth off
+    assert checker.required is False and checker.check(None) is None  # no keys: auth off
     key = add_key(settings, "bot", ["builddaily"])
     assert checker.required is True  # picked up from disk
-    assert checker.check(f"Bearer {key}", "builddaily").name == "bot"
-    assert checker.check(f"bearer   {key}  ", None).name == "bot"
+    assert checker.check(f"Bearer {key}").name == "bot"
+    assert checker.check(f"bearer   {key}  ").name == "bot"
     for header in (
         None,
         "",
@@ -128,17 +128,16 @@ def test_key_checker(settings: Settings) -> None:
         "Bearer rag-nope",
     ):
         with pytest.raises(AuthError) as info:
-            checker.check(header, "builddaily")
+            checker.check(header)
         assert info.value.status == 401
-    with pytest.raises(AuthError) as info:
-        checker.check(f"Bearer {key}", "paiddaily")
-    assert info.value.status == 403 and "paiddaily" in info.value.message
+    bot = checker.check(f"Bearer {key}")
+    assert bot is not None and bot.allows("builddaily") and not bot.allows("paiddaily")  # 403: routes
     revoke_key(settings, "bot")
     with pytest.raises(AuthError):
-        checker.check(f"Bearer {key}", "builddaily")
+        checker.check(f"Bearer {key}")
     assert checker.required is True  # once on, auth stays on even with every key revoked
     with pytest.raises(AuthError):
-        checker.check(None, "builddaily")
+        checker.check(None)
 
 
 # ========================================================================================= binding

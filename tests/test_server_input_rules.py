@@ -1,7 +1,7 @@
 """Issue #10: request bodies are checked as the OpenAPI schema says, and the schema says what is checked.
 
 The real app under uvicorn (``LiveServer``) over the session's sample index (all sites, no LM), with
-small limits (3 earlier turns, 200 characters a message) so the limits are cheap to hit.
+small limits (3 earlier turns, 200 characters a message, 300 a query) so the limits are cheap to hit.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from rag_app.server.app import create_app
-from rag_app.server.schemas import NOT_BLANK, SECTORS, is_blank
+from rag_app.server.program_rules import SECTORS
+from rag_app.server.schemas import NOT_BLANK, is_blank
 from tests.conftest import SAMPLE_DATA, make_test_settings
 from tests.live_server import LiveServer
 
@@ -24,7 +25,9 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def client(sample_index_dir: Path) -> Iterator[httpx.Client]:
-    settings = make_test_settings(sample_index_dir, max_history_turns=3, max_message_chars=200)
+    settings = make_test_settings(
+        sample_index_dir, max_history_turns=3, max_message_chars=200, max_query_chars=300
+    )
     with LiveServer(create_app(settings)) as server, server.client() as c:
         yield c
 
@@ -52,6 +55,27 @@ def test_history_turns_are_limited(client: httpx.Client) -> None:
     error = error_of(r)
     assert error["code"] == "too_many_messages" and error["field"] == "messages"
     assert "max_history_turns" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/search", {"site": "builddaily", "query": "q" * 301}),
+        ("/v1/programs/builddaily/resources_search", {"query": "q" * 301}),
+    ],
+)
+def test_an_over_long_query_is_the_library_rule_on_every_route(
+    client: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    """Issue #11: the query limit has one home (the library's ``check_query``) and one status: its
+    ``InputError`` is a 400 ``invalid_input`` on ``/v1/search`` as on the program routes. The schema
+    publishes the limit (maxLength) too."""
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    error = error_of(r)
+    assert error["code"] == "invalid_input" and "300" in error["message"], error
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SearchRequest"]
+    assert schema["properties"]["query"]["maxLength"] == 300
 
 
 def test_every_message_is_limited_in_characters(client: httpx.Client) -> None:

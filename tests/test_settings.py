@@ -93,7 +93,7 @@ def test_cli_prints_bad_dates_and_bad_config_names_on_one_line(
 ) -> None:
     from typer.testing import CliRunner
 
-    from rag_app.cli.commands import app
+    from rag_app.cli import app
 
     set_offline_cli_env(monkeypatch, tmp_path)
     monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
@@ -115,7 +115,7 @@ def test_doctor_says_where_the_ollama_host_came_from(tmp_path: Path, monkeypatch
 
     from typer.testing import CliRunner
 
-    from rag_app.cli.commands import app
+    from rag_app.cli import app
     from tests.ollama_standin import dead_host
 
     set_offline_cli_env(monkeypatch, tmp_path)

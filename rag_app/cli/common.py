@@ -1,4 +1,4 @@
-"""What every ``rag-app`` command module shares: consoles, common options, error handling, output.
+"""What every ``rag-app`` command group shares: consoles, common options, error handling, output.
 
 The error boundary lives here: expected failures (:class:`rag_app.core.errors.RagError`, bad settings)
 become one line on stderr and a non-zero exit code; anything else is a bug and keeps its traceback.
@@ -70,6 +70,7 @@ def handle_errors(func: F) -> F:
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``--config`` (or ./rag.toml) and ``RAG_*``, with the command's flags on top."""
     return Settings.load(config, **overrides)
 
 
@@ -90,6 +91,15 @@ def print_report_files(files: Mapping[str, Path]) -> None:
             markup=False,
             soft_wrap=True,
         )
+
+
+def search_filters(
+    date_from: str | None, date_to: str | None, tickers: list[str] | None, tags: list[str] | None
+) -> dict[str, Any] | None:
+    """The ``--date-from/--date-to/--ticker/--tag`` options as a filters dict (``None`` when unset)."""
+    raw = {"date_from": date_from, "date_to": date_to, "tickers": tickers or [], "tags": tags or []}
+    raw = {k: v for k, v in raw.items() if v}
+    return raw or None
 
 
 def read_query_file(path: Path) -> list[str]:

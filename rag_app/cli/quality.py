@@ -1,14 +1,14 @@
-"""The ``rag-app optimize`` and ``rag-app eval answers`` commands (registered by :mod:`rag_app.cli.commands`).
+"""The quality commands: ``rag-app eval retrieval``, ``eval answers`` (measure) and ``optimize``
+(improve: DSPy program optimization, or the retrieval-configuration search with ``--retrieval-only``).
 
-Kept in their own module so the main CLI file stays small; ``register(app, eval_app)`` adds them.
-Shared options, output and error handling come from :mod:`rag_app.cli.common`.
+They call :mod:`rag_app.evaluation` and :mod:`rag_app.optimize`; ``register(app, eval_app)`` adds them.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,11 +19,14 @@ from rag_app.cli.common import (
     console,
     err_console,
     handle_errors,
+    load_settings,
     note,
     print_json,
     print_report_files,
 )
-from rag_app.cli.common import load_settings as _settings
+from rag_app.core.settings import Settings
+
+__all__ = ["register"]
 
 AllRowsOpt = Annotated[
     bool,
@@ -31,9 +34,72 @@ AllRowsOpt = Annotated[
 ]
 
 
+# --------------------------------------------------------------------------------- eval retrieval
+
+
+@handle_errors
+def eval_retrieval(
+    beir: Annotated[
+        Path | None, typer.Option("--beir", help="BEIR-layout folder (corpus, queries, qrels).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="qrels split of the BEIR folder.")] = "test",
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", help="Site eval set (JSONL) instead of BEIR.")
+    ] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="Site of --dataset (default: the rows' site).")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="vector, fts or hybrid (default: all three).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Documents retrieved per query.")] = 20,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Also evaluate with the cross-encoder.")] = False,
+    reranker: Annotated[
+        str | None, typer.Option("--reranker", help="Reranker model id or local path.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N queries.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write report.json/.md/.png here.")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """recall@5, recall@20, MRR@5, nDCG@10 per retrieval mode, with and without reranking."""
+    from rag_app.core.errors import InputError
+    from rag_app.evaluation import runs
+
+    if (beir is None) == (dataset is None):
+        raise InputError("pass exactly one of --beir DIR or --dataset FILE")
+    settings = load_settings(config, data_dir=data_dir)
+    if reranker:
+        settings = settings.model_copy(update={"reranker_model": reranker, "reranker_revision": None})
+    result = runs.retrieval_eval(
+        settings,
+        beir=beir,
+        split=split,
+        dataset=dataset,
+        site=site,
+        mode=mode,
+        k=k,
+        rerank=rerank,
+        limit=limit,
+        report_dir=report_dir,
+        progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        print_json(result.json_payload())
+        return
+    console.print(result.table(), highlight=False)
+    for text in result.notes:
+        note(text)
+    print_report_files(result.report_files)
+
+
 # ------------------------------------------------------------------------------------ eval answers
 
 
+@handle_errors
 def eval_answers(
     site: Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")],
     program: Annotated[str, typer.Option("--program", help="The site's program, e.g. chat_bridge.")],
@@ -54,7 +120,7 @@ def eval_answers(
     SemanticF1 and CompleteAndGrounded when an LM is configured and reachable)."""
     from rag_app.evaluation.answers import answers_eval
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = load_settings(config, data_dir=data_dir)
     result = answers_eval(
         settings,
         site,
@@ -80,6 +146,7 @@ def eval_answers(
 # ---------------------------------------------------------------------------------------- optimize
 
 
+@handle_errors
 def optimize(
     site: Annotated[str, typer.Option("--site", help="builddaily, paiddaily or sagedaily.")],
     program: Annotated[
@@ -127,7 +194,7 @@ def optimize(
     Interrupted runs resume: finished retrieval trials and finished evaluations are checkpointed."""
     from rag_app.core.errors import InputError
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = load_settings(config, data_dir=data_dir)
     progress = sys.stderr.isatty() and not as_json
     try:
         if retrieval_only:
@@ -171,7 +238,7 @@ def optimize(
 
 
 def _retrieval(
-    settings: Any,
+    settings: Settings,
     site: str,
     dev: Path,
     metric: str,
@@ -213,7 +280,7 @@ def _retrieval(
 
 
 def _program(
-    settings: Any,
+    settings: Settings,
     site: str,
     program: str,
     train: Path,
@@ -270,6 +337,7 @@ def _program(
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    """Add ``optimize`` to ``app`` and ``answers`` to ``eval_app``."""
-    app.command("optimize")(handle_errors(optimize))
-    eval_app.command("answers")(handle_errors(eval_answers))
+    """Add ``optimize`` to ``app``, and ``retrieval`` and ``answers`` to ``eval_app``."""
+    app.command("optimize")(optimize)
+    eval_app.command("retrieval")(eval_retrieval)
+    eval_app.command("answers")(eval_answers)

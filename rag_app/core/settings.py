@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -95,6 +95,26 @@ def setting_origin(settings: Settings, field: str, environ: Mapping[str, str] | 
     if value == Settings.model_fields[field].default:
         return "default"
     return "config file or command-line option"
+
+
+SourceKind = Literal["folder", "url", "sitemap", "s3"]
+
+
+class SourceSpec(BaseModel):
+    """One declared content source of a collection (``[[sources]]`` in ``rag.toml``), kept up to date
+    by ``rag-app sync``: a folder, a list of URLs, a sitemap, or an object-storage prefix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str
+    collection: str
+    kind: SourceKind
+    location: str | list[str] = Field(
+        description="A folder path, one URL or a list of them, a sitemap URL, or s3://bucket/prefix."
+    )
+    include: list[str] = Field(default_factory=list, description="Glob patterns a path/key must match.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns that leave a path/key out.")
+    prune: bool = Field(False, description="Remove documents this source no longer has.")
 
 
 class Settings(BaseSettings):
@@ -221,6 +241,25 @@ class Settings(BaseSettings):
     max_concurrency_rerank: int = Field(2, ge=1)
     max_concurrency_lm: int = Field(4, ge=1)
     max_queue: int = Field(32, ge=0, description="Requests waiting per stage before the server answers 503.")
+    sse_keepalive_s: float = Field(
+        5.0, gt=0, description="Seconds between keep-alive comments on an idle SSE stream."
+    )
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest file or body that HTTP ingest accepts."
+    )
+    feedback_ttl_days: float = Field(
+        30.0, gt=0, description="How long an answer's request id accepts feedback (answers kept as long)."
+    )
+
+    # --- content sources (rag-app sync, URL/sitemap/object-storage ingest) ------------------------
+    sources: list[SourceSpec] = Field(default_factory=list, description="``[[sources]]`` tables in rag.toml.")
+    fetch_concurrency: int = Field(4, ge=1, le=64, description="Pages fetched at once (all hosts).")
+    fetch_per_host_rps: float = Field(2.0, gt=0, description="Requests per second to one host.")
+    fetch_timeout_s: float = Field(20.0, gt=0)
+    fetch_retries: int = Field(2, ge=0, le=10)
+    fetch_user_agent: str = "rag-app/0.1 (+https://builddaily.example/bot)"
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; unset = AWS.")
+    s3_region: str | None = None
 
     @field_validator("lm_model", mode="before")
     @classmethod
@@ -238,6 +277,18 @@ class Settings(BaseSettings):
                 check_name(f"collection of site {site!r}", collection)
             if len(set(collections)) != len(collections):
                 raise ValueError(f"site {site!r} lists a collection twice: {collections}")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_name_known_collections(cls, value: list[SourceSpec], info: Any) -> list[SourceSpec]:
+        sites = info.data.get("sites") or DEFAULT_SITES
+        for spec in value:
+            if spec.site not in sites or spec.collection not in sites[spec.site]:
+                raise ValueError(
+                    f"source {spec.kind} {spec.location!r} names {spec.site}/{spec.collection}, which is not "
+                    "a configured site/collection"
+                )
         return value
 
     @field_validator("chunk_overlap")

@@ -17,10 +17,9 @@ are ~13 MB per layer and the GELU input is 2048 x 3072. The
 * The last layer computes position 0 only, which is all the classification head reads. Keys and values
   still see every token. This saves about 7% of a 12-layer encoder's matmul work.
 
-Effect, ``python benchmarks/rerank.py --tokens 256 --repeats 5 --backends torch-bf16`` run back to
-back on the code before and after each step (speed-up over ``CrossEncoder.predict`` defaults, 20 pairs
-x 256 tokens): Hugging Face's eager layers 3.53x, fused layers 3.99x, fused with the weights prepacked
-once for oneDNN (:func:`prepack_encoder_layers`) 4.59x. The full table is in :mod:`rag_app.models.rerank`.
+Each step (fusing, then prepacking the weights once for oneDNN with :func:`prepack_encoder_layers`)
+was kept because it measured faster back to back with ``python benchmarks/rerank.py --tokens 256
+--repeats 5 --backends torch-bf16``; the numbers are in the README ("Reranker speed on CPU").
 
 :func:`fuse_encoder_layers` applies it only to encoders whose layer layout it knows (BERT, RoBERTa,
 XLM-R; absolute positions; erf or tanh GELU). It applies it only if the fused model gives the same
@@ -256,10 +255,10 @@ PREPACK_ROWS_HINT = 2048
 class PackedLinear(nn.Module):
     """A Linear's weight reordered once into oneDNN's blocked layout, plus its bias (inference only).
 
-    ``_linear_pointwise`` reorders a plain weight on every call. Doing it once took the bf16 backend from
-    3.99x to 4.59x over ``CrossEncoder.predict`` at 256 tokens (module docstring), with the same logits
-    bit for bit. The packed weight is an opaque tensor that only the oneDNN ops read, so a layer holding it
-    can no longer be cast or moved: pack after the last ``model.to``.
+    ``_linear_pointwise`` reorders a plain weight on every call. Doing it once is measurably faster
+    (README, "Reranker speed on CPU"), with the same logits bit for bit. The packed weight is an opaque
+    tensor that only the oneDNN ops read, so a layer holding it can no longer be cast or moved: pack
+    after the last ``model.to``.
     """
 
     def __init__(self, linear: nn.Linear, rows_hint: int = PREPACK_ROWS_HINT) -> None:

@@ -1,31 +1,30 @@
 """Retrieval-configuration search, no LM needed: ``rag-app optimize --site S --retrieval-only --dev FILE``.
 
-Tries every ``k`` in (10, 20, 30) x mode in (vector, fts, hybrid) x rerank (off, on) on the site's
-judged eval rows and saves the best to ``<state-dir>/<site>/retrieval.json``, which
-:class:`rag_app.retrieval.retriever.LanceDBRetriever` reads for its ``default_k``/``default_mode``.
+Tries every ``k`` in (10, 20, 30) x mode in (vector, fts, hybrid) x rerank (off, on)
+(:mod:`rag_app.optimize.trials`) on the site's judged eval rows and saves the best to
+``<state-dir>/<site>/retrieval.json``, which :class:`rag_app.retrieval.retriever.LanceDBRetriever`
+reads for its ``default_k``/``default_mode``.
 
 A trial scores what a program would see: the top ``k`` chunks of the mode (with the row's
 ``filters``, from the row's ``collection`` or all of the site's), reordered by the cross-encoder when
 rerank is on (all ``k`` of them), collapsed to a document ranking (:func:`doc_ranking`) and scored
 with :func:`retrieval_metrics` (recall@5, recall@20, MRR@5, nDCG@10, plus the chosen metric).
 
-The best trial has the highest score on the chosen metric (default ``ndcg@10``); ties go to rerank
-off, then the smaller ``k``, then the mode order vector, fts, hybrid: the cheaper configuration wins
-unless the dearer one is strictly better. When the reranker is unavailable (its weights are missing;
-``reranker_on_missing="fallback"``, or the search degrades to the fallback itself) rerank-on trials keep
-retrieval order, score exactly like their rerank-off twins, and so are never chosen; the notes say so.
+When the reranker is unavailable (its weights are missing; ``reranker_on_missing="fallback"``, or the
+search degrades to the fallback itself) rerank-on trials keep retrieval order, score exactly like their
+rerank-off twins, and so are never chosen; the notes say so.
 
 Progress and resume: each finished trial is appended to ``<state-dir>/<site>/.retrieval_trials.jsonl``
-with a key made of the dataset hash, the rows used, the tables' versions, the metric cut-offs and
-the settings that change rankings (embedder, ``rrf_k``, reranker and whether it is available). An
-interrupted search (Ctrl-C, a crash, an exception from ``on_trial``) loses nothing finished: a rerun
-with the same key skips those trials. ``resume=False`` drops them and starts over.
+(:class:`rag_app.optimize.checkpoint.Checkpoint`) with a key made of the dataset hash, the rows used,
+the tables' versions, the metric cut-offs and the settings that change rankings (embedder, ``rrf_k``,
+reranker and whether it is available). An interrupted search (Ctrl-C, a crash, an exception from
+``on_trial``) loses nothing finished: a rerun with the same key skips those trials. ``resume=False``
+drops them and starts over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from rag_app.core.errors import InputError, ModelNotAvailableError
-from rag_app.core.settings import SEARCH_MODES, Settings, check_search_mode
+from rag_app.core.settings import SEARCH_MODES, Settings
 from rag_app.core.types import Passage
 from rag_app.evaluation.datasets import EvalExample, dataset_hash, load_eval_jsonl
-from rag_app.evaluation.metrics import DEFAULT_KS, doc_ranking, mean_metrics, retrieval_metrics
+from rag_app.evaluation.metrics import doc_ranking, mean_metrics, retrieval_metrics
 from rag_app.evaluation.report import (
     DatasetInfo,
     EvalReport,
@@ -47,110 +46,27 @@ from rag_app.evaluation.report import (
     settings_snapshot,
     write_report,
 )
+from rag_app.optimize.checkpoint import Checkpoint, checkpoint_key
+from rag_app.optimize.trials import (
+    DEFAULT_METRIC,
+    DEFAULT_TRIAL_KS,
+    RERANK_OPTIONS,
+    Trial,
+    TrialResult,
+    metric_ks,
+    pick_best,
+    trial_grid,
+)
 from rag_app.retrieval.retriever import LanceDBRetriever
 
-DEFAULT_TRIAL_KS: tuple[int, ...] = (10, 20, 30)
-RERANK_OPTIONS: tuple[bool, ...] = (False, True)
-DEFAULT_METRIC = "ndcg@10"
 CHECKPOINT_NAME = ".retrieval_trials.jsonl"
-_METRIC_NAMES = ("recall", "precision", "mrr", "ndcg")
 
-__all__ = [
-    "DEFAULT_METRIC",
-    "DEFAULT_TRIAL_KS",
-    "RetrievalSearchResult",
-    "Trial",
-    "TrialResult",
-    "parse_metric",
-    "pick_best",
-    "search_retrieval_config",
-    "trial_grid",
-]
-
-
-@dataclass(frozen=True)
-class Trial:
-    k: int
-    mode: str
-    rerank: bool
-
-    @property
-    def label(self) -> str:
-        return f"k={self.k} {self.mode}{'+rerank' if self.rerank else ''}"
-
-    def as_key(self) -> tuple[int, str, bool]:
-        return (self.k, self.mode, self.rerank)
-
-
-@dataclass
-class TrialResult:
-    trial: Trial
-    metrics: dict[str, float | None]
-    reranked: bool = False
-    resumed: bool = False
-
-    def score(self, metric: str) -> float:
-        value = self.metrics.get(metric)
-        return float(value) if value is not None else float("-inf")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "k": self.trial.k,
-            "mode": self.trial.mode,
-            "rerank": self.trial.rerank,
-            "reranked": self.reranked,
-            "metrics": self.metrics,
-        }
-
+__all__ = ["CHECKPOINT_NAME", "RetrievalSearchResult", "TrialCallback", "search_retrieval_config"]
 
 #: ``on_trial(done, total, result, best)``, called after each newly run trial is checkpointed.
 TrialCallback = Callable[[int, int, TrialResult, TrialResult], None]
-
-
-def trial_grid(
-    ks: Sequence[int] = DEFAULT_TRIAL_KS,
-    modes: Sequence[str] = SEARCH_MODES,
-    reranks: Sequence[bool] = RERANK_OPTIONS,
-) -> list[Trial]:
-    """Every combination, in the order they run: k, then mode, then rerank off/on."""
-    for mode in modes:
-        check_search_mode(mode)
-    for k in ks:
-        if not 1 <= int(k) <= 1000:
-            raise InputError(f"k must be between 1 and 1000, got {k}")
-    return [Trial(int(k), mode, bool(rerank)) for k in ks for mode in modes for rerank in reranks]
-
-
-def parse_metric(metric: str) -> tuple[str, int]:
-    """``"ndcg@10"`` -> ``("ndcg", 10)``; a clear error for anything else."""
-    name, _, cutoff = metric.strip().lower().partition("@")
-    if name not in _METRIC_NAMES or not cutoff.isdigit() or int(cutoff) < 1:
-        raise InputError(
-            f"unknown metric {metric!r}: use <name>@<k> with name one of {', '.join(_METRIC_NAMES)}, "
-            "e.g. ndcg@10 or recall@20"
-        )
-    return name, int(cutoff)
-
-
-def _metric_ks(metric: str) -> dict[str, tuple[int, ...]]:
-    name, cutoff = parse_metric(metric)
-    ks = {key: tuple(values) for key, values in DEFAULT_KS.items()}
-    ks[name] = tuple(sorted({*ks.get(name, ()), cutoff}))
-    return ks
-
-
-def pick_best(results: Sequence[TrialResult], metric: str) -> TrialResult:
-    """Highest ``metric``; ties go to rerank off, smaller k, then mode order (cheapest first)."""
-    if not results:
-        raise ValueError("no trials to choose from")
-    order = {mode: index for index, mode in enumerate(SEARCH_MODES)}
-    return min(
-        results,
-        key=lambda r: (-r.score(metric), r.trial.rerank, r.trial.k, order.get(r.trial.mode, len(order))),
-    )
-
-
-# ========================================================================================== result
+#: ``rerank(query, passages)``: all ``passages`` in the cross-encoder's order.
+RerankFn = Callable[[str, list[Passage]], list[Passage]]
 
 
 @dataclass
@@ -192,7 +108,7 @@ class RetrievalSearchResult:
         }
 
 
-# ======================================================================================= internals
+# ======================================================================================= the parts
 
 
 class _QueryCache:
@@ -220,6 +136,26 @@ def _rows(examples: Sequence[EvalExample], site: str, limit: int | None) -> list
     return rows
 
 
+def _retrievers(
+    settings: Settings, site: str, rows: Sequence[EvalExample], *, needs_vectors: bool
+) -> dict[str | None, LanceDBRetriever]:
+    """One retriever per collection the rows name (``None``: all of the site's), sharing one embedder."""
+    from rag_app.models.embeddings import load_embedder
+
+    embedder = _QueryCache(load_embedder(settings)) if needs_vectors else None
+    retrievers: dict[str | None, LanceDBRetriever] = {}
+    for row in rows:
+        if row.collection not in retrievers:
+            retrievers[row.collection] = LanceDBRetriever(
+                settings,
+                site,
+                [row.collection] if row.collection else None,
+                embedder=embedder,  # type: ignore[arg-type]
+                use_saved_config=False,
+            )
+    return retrievers
+
+
 def _table_versions(retrievers: Mapping[str | None, LanceDBRetriever], site: str) -> dict[str, Any]:
     versions: dict[str, Any] = {}
     for retriever in retrievers.values():
@@ -243,53 +179,10 @@ def _key(settings: Settings, site: str, parts: Mapping[str, Any]) -> str:
         "reranker_query_max_tokens": settings.reranker_query_max_tokens,
         "db_dir": str(settings.db_dir.resolve()),
     }
-    blob = json.dumps({"site": site, **relevant, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return checkpoint_key({"site": site, **relevant, **parts})
 
 
-def _read_checkpoint(path: Path, key: str) -> dict[tuple[int, str, bool], TrialResult]:
-    done: dict[tuple[int, str, bool], TrialResult] = {}
-    if not path.is_file():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if not isinstance(record, dict) or record.get("key") != key:
-            continue
-        trial = Trial(int(record["k"]), str(record["mode"]), bool(record["rerank"]))
-        done[trial.as_key()] = TrialResult(
-            trial, dict(record["metrics"]), bool(record.get("reranked")), resumed=True
-        )
-    return done
-
-
-def _drop_checkpoint(path: Path, key: str) -> None:
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("key") == key:
-                continue
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
-
-
-def _append(path: Path, key: str, result: TrialResult) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"key": key, **result.to_json(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-
-
-def _reranker(
-    settings: Settings, notes: list[str]
-) -> tuple[Callable[[str, list[Passage]], list[Passage]], Any]:
+def _reranker(settings: Settings, notes: list[str]) -> tuple[RerankFn, Any]:
     from rag_app.evaluation.retrieval import reranker_fn
     from rag_app.models.rerank import FallbackReranker
 
@@ -307,6 +200,79 @@ def _reranker(
             "rerank=off twins, so rerank=on is never chosen as best unless strictly better"
         )
     return rerank, reranker
+
+
+def _run_trial(
+    trial: Trial,
+    rows: Sequence[EvalExample],
+    retrievers: Mapping[str | None, LanceDBRetriever],
+    rerank: RerankFn | None,
+    *,
+    reranker_available: bool,
+    ks: dict[str, tuple[int, ...]],
+    cache: dict[tuple[int, str], list[list[Passage]]],
+) -> TrialResult:
+    """Score one trial; ``cache`` keeps the retrieved passages of the last k/mode for its rerank twin."""
+    retrieved = cache.get((trial.k, trial.mode))
+    if retrieved is None:
+        retrieved = [
+            list(
+                retrievers[row.collection](
+                    query=row.query, k=trial.k, mode=trial.mode, filters=row.search_filters
+                ).passages
+            )
+            for row in rows
+        ]
+        cache.clear()  # only the pair in use: k/mode change together
+        cache[(trial.k, trial.mode)] = retrieved
+    per_query = []
+    for row, passages in zip(rows, retrieved, strict=True):
+        ordered = rerank(row.query, passages) if trial.rerank and rerank and passages else passages
+        ranking = doc_ranking([p.doc_id for p in ordered])
+        per_query.append(retrieval_metrics(ranking, row.relevant, ks))
+    return TrialResult(trial, mean_metrics(per_query), reranked=trial.rerank and reranker_available)
+
+
+def _payload(
+    site: str,
+    dev: Path,
+    data_hash: str,
+    metric: str,
+    trials: Sequence[TrialResult],
+    best: TrialResult,
+    n_queries: int,
+    reranker: Any,
+    reranker_available: bool,
+    notes: list[str],
+) -> dict[str, Any]:
+    """The content of ``retrieval.json``: the best configuration and every trial behind it."""
+    return {
+        "best": {
+            "k": best.trial.k,
+            "mode": best.trial.mode,
+            "rerank": best.trial.rerank,
+            "score": best.score(metric),
+            "metric": metric,
+        },
+        "trials": [r.to_json() for r in trials],
+        "dataset_hash": data_hash,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "site": site,
+        "dataset": str(dev),
+        "n_queries": n_queries,
+        "reranker": reranker.describe() if reranker is not None else None,
+        "reranker_available": reranker_available,
+        "notes": notes,
+    }
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    """Write aside, then rename: a retriever reading the file never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 # ======================================================================================== the search
@@ -335,10 +301,8 @@ def search_retrieval_config(
     """
     from tqdm.auto import tqdm
 
-    from rag_app.models.embeddings import load_embedder
-
     metric = metric.strip().lower()
-    metric_ks = _metric_ks(metric)
+    cutoffs = metric_ks(metric)
     grid = trial_grid(ks, modes, reranks)
     settings.collections_for(site)
     rows = _rows(load_eval_jsonl(dev), site, limit)
@@ -346,22 +310,11 @@ def search_retrieval_config(
         raise InputError(f"{dev}: no rows of site {site!r} with relevant_ids to evaluate retrieval on")
     state_dir = Path(state_dir) if state_dir is not None else settings.programs_dir
     out_dir = state_dir / site
-    checkpoint = out_dir / CHECKPOINT_NAME
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME)
     data_hash = dataset_hash(dev)
     notes: list[str] = []
 
-    needs_vectors = any(mode != "fts" for mode in modes)
-    embedder = _QueryCache(load_embedder(settings)) if needs_vectors else None
-    retrievers: dict[str | None, LanceDBRetriever] = {}
-    for row in rows:
-        if row.collection not in retrievers:
-            retrievers[row.collection] = LanceDBRetriever(
-                settings,
-                site,
-                [row.collection] if row.collection else None,
-                embedder=embedder,  # type: ignore[arg-type]
-                use_saved_config=False,
-            )
+    retrievers = _retrievers(settings, site, rows, needs_vectors=any(mode != "fts" for mode in modes))
     rerank, reranker = _reranker(settings, notes) if any(reranks) else (None, None)
     available = bool(getattr(reranker, "available", False))
     key = _key(
@@ -371,17 +324,18 @@ def search_retrieval_config(
             "dataset_hash": data_hash,
             "rows": [row.query for row in rows],
             "tables": _table_versions(retrievers, site),
-            "ks": metric_ks,
+            "ks": cutoffs,
             "reranker_available": available,
         },
     )
     if not resume:
-        _drop_checkpoint(checkpoint, key)
-    done = _read_checkpoint(checkpoint, key)
-
-    results: dict[tuple[int, str, bool], TrialResult] = {
-        t.as_key(): done[t.as_key()] for t in grid if t.as_key() in done
+        checkpoint.drop(key)
+    done = {
+        r.trial.as_key(): r
+        for r in (TrialResult.from_json(rec, resumed=True) for rec in checkpoint.records(key))
     }
+
+    results = {t.as_key(): done[t.as_key()] for t in grid if t.as_key() in done}
     resumed = len(results)
     best = pick_best(list(results.values()), metric) if results else None
     cache: dict[tuple[int, str], list[list[Passage]]] = {}
@@ -393,24 +347,12 @@ def search_retrieval_config(
         for trial in grid:
             if trial.as_key() in results:
                 continue
-            retrieved = cache.get((trial.k, trial.mode))
-            if retrieved is None:
-                retrieved = [
-                    list(
-                        retrievers[row.collection](
-                            query=row.query, k=trial.k, mode=trial.mode, filters=row.search_filters
-                        ).passages
-                    )
-                    for row in rows
-                ]
-                cache = {(trial.k, trial.mode): retrieved}  # only the pair in use: k/mode change together
-            per_query = []
-            for row, passages in zip(rows, retrieved, strict=True):
-                ordered = rerank(row.query, passages) if trial.rerank and rerank and passages else passages
-                ranking = doc_ranking([p.doc_id for p in ordered])
-                per_query.append(retrieval_metrics(ranking, row.relevant, metric_ks))
-            result = TrialResult(trial, mean_metrics(per_query), reranked=trial.rerank and available)
-            _append(checkpoint, key, result)
+            result = _run_trial(
+                trial, rows, retrievers, rerank, reranker_available=available, ks=cutoffs, cache=cache
+            )
+            checkpoint.add(
+                key, **result.to_json(), date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            )
             results[trial.as_key()] = result
             ran += 1
             best = pick_best(list(results.values()), metric)
@@ -421,40 +363,19 @@ def search_retrieval_config(
     finally:
         bar.close()
 
-    ordered_results = [results[t.as_key()] for t in grid]
-    best = pick_best(ordered_results, metric)
-    dataset = DatasetInfo(name=dev.stem, path=str(dev), hash=data_hash, n_queries=len(rows))
-    payload: dict[str, Any] = {
-        "best": {
-            "k": best.trial.k,
-            "mode": best.trial.mode,
-            "rerank": best.trial.rerank,
-            "score": best.score(metric),
-            "metric": metric,
-        },
-        "trials": [r.to_json() for r in ordered_results],
-        "dataset_hash": data_hash,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "site": site,
-        "dataset": str(dev),
-        "n_queries": len(rows),
-        "reranker": reranker.describe() if reranker is not None else None,
-        "reranker_available": available,
-        "notes": notes,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ordered = [results[t.as_key()] for t in grid]
+    best = pick_best(ordered, metric)
+    payload = _payload(site, dev, data_hash, metric, ordered, best, len(rows), reranker, available, notes)
     path = out_dir / "retrieval.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    _save(path, payload)
+    dataset = DatasetInfo(name=dev.stem, path=str(dev), hash=data_hash, n_queries=len(rows))
     result = RetrievalSearchResult(
         site=site,
         metric=metric,
-        trials=ordered_results,
+        trials=ordered,
         best=best,
         path=path,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint.path,
         dataset=dataset,
         reranker_available=available,
         reranker=payload["reranker"] or "",

@@ -56,14 +56,6 @@ class KeyInfo:
     def allows(self, site: str) -> bool:
         return ALL_SITES in self.sites or site in self.sites
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "sites": list(self.sites),
-            "created_at": self.created_at,
-            "key_id": self.key_id,
-        }
-
 
 @dataclass(frozen=True)
 class _Record:
@@ -228,7 +220,7 @@ def revoke_key(settings: Settings, name: str) -> KeyInfo:
 
 
 class AuthError(Exception):
-    """Raised by :class:`KeyChecker`; the server turns it into 401 or 403."""
+    """Raised by :class:`KeyChecker`: no valid key (401)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -279,8 +271,9 @@ class KeyChecker:
             self._loaded = True
             self._required = self._required or bool(records)
 
-    def check(self, authorization: str | None, site: str | None = None) -> KeyInfo | None:
-        """The key's info if the header holds a valid key allowed for ``site``; None when auth is off."""
+    def check(self, authorization: str | None) -> KeyInfo | None:
+        """The key's info if the header holds a valid key; None when auth is off. Which sites the key
+        may use is the route's check (:meth:`KeyInfo.allows`: 403), once it knows the site."""
         self.refresh()
         if not self._required:
             return None
@@ -296,8 +289,4 @@ class KeyChecker:
         salt, digest = (record.salt, record.digest) if record else (self._dummy_salt, self._dummy_digest)
         if not hmac.compare_digest(_hash(salt, token), digest) or record is None:
             raise AuthError(401, "unauthorized", "invalid API key")
-        if site is not None and not record.info.allows(site):
-            raise AuthError(
-                403, "forbidden", f"this API key ({record.info.name!r}) is not allowed to query site {site!r}"
-            )
         return record.info

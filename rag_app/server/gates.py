@@ -22,8 +22,8 @@ import dspy
 import numpy as np
 
 from rag_app.core.types import Passage
-from rag_app.models.embeddings import Embedder
-from rag_app.models.rerank import Reranker
+from rag_app.models.embeddings.base import Embedder
+from rag_app.models.rerank.base import Reranker
 from rag_app.runtime import StageWrappers
 from rag_app.server.limits import DeadlineExceeded, Overloaded, StageGate
 
@@ -73,7 +73,7 @@ def in_stage(gate: StageGate) -> Iterator[None]:
 
 
 class GatedEmbedder:
-    """An :class:`~rag_app.models.embeddings.Embedder` whose embed calls hold the ``embed`` gate."""
+    """An :class:`~rag_app.models.embeddings.base.Embedder` whose embed calls hold the ``embed`` gate."""
 
     def __init__(self, inner: Embedder, gate: StageGate) -> None:
         self.inner = inner
@@ -98,7 +98,7 @@ class GatedEmbedder:
 
 
 class GatedReranker:
-    """A :class:`~rag_app.models.rerank.Reranker` whose scoring calls hold the ``rerank`` gate."""
+    """A :class:`~rag_app.models.rerank.base.Reranker` whose scoring calls hold the ``rerank`` gate."""
 
     def __init__(self, inner: Reranker, gate: StageGate) -> None:
         self.inner = inner

@@ -1,11 +1,11 @@
 """Back-pressure: bounded concurrency per stage, a bounded wait queue, per-request deadlines.
 
-Each CPU- or service-bound stage (``embed``, ``rerank``, ``lm``, and ``program`` for whole program runs)
-has a :class:`StageGate`: at most ``limit`` holders run at once, at most ``max_queue`` more wait, and
-anyone beyond that is turned away at once with :class:`Overloaded` (HTTP 503 + ``Retry-After``), so
-latency never piles up unboundedly. Work runs in a bounded thread pool, off the event loop; a gate
-slot is held until the thread finishes, even when the request that started it has already timed out,
-so the limits describe what the CPU is really doing.
+Each CPU- or service-bound stage (``embed``, ``rerank``, ``lm``, and ``request`` for admitting whole
+requests) has a :class:`StageGate`: at most ``limit`` holders run at once, at most ``max_queue`` more
+wait, and anyone beyond that is turned away at once with :class:`Overloaded` (HTTP 503 +
+``Retry-After``), so latency never piles up unboundedly. Work runs in a bounded thread pool, off the
+event loop; a gate slot is held until the thread finishes, even when the request that started it has
+already timed out, so the limits describe what the CPU is really doing.
 
 Gates are thread-safe: the event loop acquires with ``await gate.acquire()``, worker threads (stages
 nested inside a program run) with ``gate.acquire_blocking(timeout)``.
@@ -14,13 +14,12 @@ nested inside a program run) with ``gate.acquire_blocking(timeout)``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -214,16 +213,6 @@ class StageGate:
             self.release()
         else:
             fut.set_result(None)
-
-    @contextlib.contextmanager
-    def hold_blocking(self, timeout: float | None) -> Iterator[None]:
-        self.acquire_blocking(timeout)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.record_hold(time.perf_counter() - start)
-            self.release()
 
 
 class StageRunner:

@@ -40,7 +40,7 @@ class _RerankCacheCollector(Collector):
 class Metrics:
     """All series the server exports."""
 
-    def __init__(self, rerank_cache_stats: Callable[[], dict[str, Any] | None] | None = None) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -75,10 +75,11 @@ class Metrics:
         self.ready = Gauge("rag_ready", "1 when the server is ready to answer.", registry=r)
         for stage in STAGES:
             self.stage_latency.labels(stage)
-        self._cache_stats = rerank_cache_stats
+        self._cache_stats: Callable[[], dict[str, Any] | None] | None = None
         r.register(_RerankCacheCollector(self._read_cache_stats))
 
     def set_rerank_cache_stats(self, fn: Callable[[], dict[str, Any] | None]) -> None:
+        """Read the reranker's score-cache counters from ``fn`` at scrape time (set once it is loaded)."""
         self._cache_stats = fn
 
     def _read_cache_stats(self) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from rag_app.core.settings import Settings
-from rag_app.models.embeddings import Embedder
-from rag_app.models.rerank import Reranker, unavailable_note
+from rag_app.models.embeddings.base import Embedder
+from rag_app.models.rerank.base import Reranker, unavailable_note
 from rag_app.runtime import Runtime
 from rag_app.server.auth import KeyChecker
 from rag_app.server.gates import stage_wrappers
@@ -22,9 +22,6 @@ from rag_app.server.limits import StageGate, StageRunner
 from rag_app.server.metrics import Metrics
 
 log = logging.getLogger("rag_app.server")
-
-STAGE_GATES = ("embed", "rerank", "lm")
-
 
 class ServerState:
     """Models, gates, pipelines and programs of one app."""

@@ -3,8 +3,8 @@
 :class:`SSEEventSink` is the request's :class:`~rag_app.answering.grounded.AnswerEvents`: the chat program,
 running in a worker thread under the stage limits, reports its passages right after retrieval and
 reranking, and its LM call streams the answer field's text deltas. Each event is handed to the
-event loop with ``loop.call_soon_threadsafe(queue.put_nowait, (name, data))``; the endpoint turns the
-queue into SSE frames.
+event loop with ``loop.call_soon_threadsafe(queue.put_nowait, (name, data))``;
+:func:`rag_app.server.routes.chat_stream.stream_chat` turns the queue into SSE frames.
 
 Token streaming uses DSPy's own machinery without ``dspy.streamify`` (which would run the program on
 its own threads, outside the stage gates): the LM call runs inside

@@ -1,0 +1,119 @@
+"""The grid of the retrieval-configuration search: what one trial is, its scores, and which one wins.
+
+A trial is one ``k`` x search mode x rerank (off/on) combination. The best trial has the highest
+score on the chosen metric (default ``ndcg@10``); ties go to rerank off, then the smaller ``k``, then
+the mode order vector, fts, hybrid: the cheaper configuration wins unless the dearer one is strictly
+better, because every query served pays for the configuration chosen here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rag_app.core.errors import InputError
+from rag_app.core.settings import SEARCH_MODES, check_search_mode
+from rag_app.evaluation.metrics import DEFAULT_KS
+
+DEFAULT_TRIAL_KS: tuple[int, ...] = (10, 20, 30)
+RERANK_OPTIONS: tuple[bool, ...] = (False, True)
+DEFAULT_METRIC = "ndcg@10"
+_METRIC_NAMES = ("recall", "precision", "mrr", "ndcg")
+
+__all__ = [
+    "DEFAULT_METRIC",
+    "DEFAULT_TRIAL_KS",
+    "RERANK_OPTIONS",
+    "Trial",
+    "TrialResult",
+    "metric_ks",
+    "parse_metric",
+    "pick_best",
+    "trial_grid",
+]
+
+
+@dataclass(frozen=True)
+class Trial:
+    k: int
+    mode: str
+    rerank: bool
+
+    @property
+    def label(self) -> str:
+        return f"k={self.k} {self.mode}{'+rerank' if self.rerank else ''}"
+
+    def as_key(self) -> tuple[int, str, bool]:
+        return (self.k, self.mode, self.rerank)
+
+
+@dataclass
+class TrialResult:
+    trial: Trial
+    metrics: dict[str, float | None]
+    reranked: bool = False
+    resumed: bool = False
+
+    def score(self, metric: str) -> float:
+        value = self.metrics.get(metric)
+        return float(value) if value is not None else float("-inf")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "k": self.trial.k,
+            "mode": self.trial.mode,
+            "rerank": self.trial.rerank,
+            "reranked": self.reranked,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], *, resumed: bool = False) -> TrialResult:
+        """The inverse of :meth:`to_json` (extra fields, such as a checkpoint's key, are ignored)."""
+        trial = Trial(int(record["k"]), str(record["mode"]), bool(record["rerank"]))
+        return cls(trial, dict(record["metrics"]), bool(record.get("reranked")), resumed=resumed)
+
+
+def trial_grid(
+    ks: Sequence[int] = DEFAULT_TRIAL_KS,
+    modes: Sequence[str] = SEARCH_MODES,
+    reranks: Sequence[bool] = RERANK_OPTIONS,
+) -> list[Trial]:
+    """Every combination, in the order they run: k, then mode, then rerank off/on."""
+    for mode in modes:
+        check_search_mode(mode)
+    for k in ks:
+        if not 1 <= int(k) <= 1000:
+            raise InputError(f"k must be between 1 and 1000, got {k}")
+    return [Trial(int(k), mode, bool(rerank)) for k in ks for mode in modes for rerank in reranks]
+
+
+def parse_metric(metric: str) -> tuple[str, int]:
+    """``"ndcg@10"`` -> ``("ndcg", 10)``; a clear error for anything else."""
+    name, _, cutoff = metric.strip().lower().partition("@")
+    if name not in _METRIC_NAMES or not cutoff.isdigit() or int(cutoff) < 1:
+        raise InputError(
+            f"unknown metric {metric!r}: use <name>@<k> with name one of {', '.join(_METRIC_NAMES)}, "
+            "e.g. ndcg@10 or recall@20"
+        )
+    return name, int(cutoff)
+
+
+def metric_ks(metric: str) -> dict[str, tuple[int, ...]]:
+    """The cut-offs every trial is scored at: the reports' defaults plus the chosen metric's."""
+    name, cutoff = parse_metric(metric)
+    ks = {key: tuple(values) for key, values in DEFAULT_KS.items()}
+    ks[name] = tuple(sorted({*ks.get(name, ()), cutoff}))
+    return ks
+
+
+def pick_best(results: Sequence[TrialResult], metric: str) -> TrialResult:
+    """Highest ``metric``; ties go to rerank off, smaller k, then mode order (cheapest first)."""
+    if not results:
+        raise ValueError("no trials to choose from")
+    order = {mode: index for index, mode in enumerate(SEARCH_MODES)}
+    return min(
+        results,
+        key=lambda r: (-r.score(metric), r.trial.rerank, r.trial.k, order.get(r.trial.mode, len(order))),
+    )
