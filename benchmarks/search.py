@@ -61,7 +61,9 @@ except ImportError:  # run as a script: python benchmarks/search.py
     )
 
 from rag_app.core.settings import Settings
-from rag_app.store.vector_store import RESULT_COLUMNS, VectorStore, ann_index_config, chunk_schema
+from rag_app.store.schema import chunk_schema
+from rag_app.store.search import RESULT_COLUMNS
+from rag_app.store.vector_store import VectorStore, ann_index_config
 
 K = 20
 SITE, COLLECTION = "builddaily", "resources"

@@ -26,7 +26,7 @@ from rag_app.core.settings import Settings
 from rag_app.ingest.pipeline import IngestReport, ingest_paths
 from rag_app.models.embeddings import Embedder, load_embedder
 from rag_app.models.lm import LMResolver
-from rag_app.models.rerank import Reranker, load_reranker
+from rag_app.models.rerank import Reranker, load_reranker, unavailable_note
 from rag_app.retrieval.pipeline import RetrieveThenRerank
 from rag_app.retrieval.retriever import LanceDBRetriever
 
@@ -155,8 +155,9 @@ class Runtime:
         if rerank:
             pipeline = self.pipeline(site, collection)
             pred = pipeline(query=query, k=k, top_n=top_n, filters=filters, mode=mode)
-            if not pred.reranked:
-                notes.append(pipeline.reranker.unavailable_note())
+            note = None if pred.reranked else unavailable_note(pipeline.reranker)
+            if note:
+                notes.append(note)
         else:
             pred = self.retriever(site, collection)(query=query, k=k, filters=filters, mode=mode)
         return {

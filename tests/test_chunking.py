@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from rag_app.core.types import Document, Section
-from rag_app.ingest.chunking import chunk_document, embedding_text
+from rag_app.ingest.chunking import embedding_text, iter_chunks
 from rag_app.models.embeddings import Embedder
 
 
 def _doc(text: str, **kw) -> Document:
     return Document(id="d1", title="A title", text=text, **kw)
+
+
+def chunk_document(doc: Document, **kw) -> list:
+    return list(iter_chunks(doc, **kw))
 
 
 def test_long_text_is_split_within_budget_with_overlap(minilm: Embedder) -> None:
@@ -71,8 +75,6 @@ def test_ids_are_stable_and_depend_on_content(minilm: Embedder) -> None:
 
 
 def test_streamed_chunking_matches_whole_text_chunking(minilm: Embedder) -> None:
-    from rag_app.ingest.chunking import iter_chunks
-
     text = "\n".join(f"Line {i}: the {'quick ' * (i % 5)}fox jumped; then it rested." for i in range(300))
     doc = _doc(text)
     kw = {"site": "s", "collection": "c", "tokenizer": minilm, "chunk_tokens": 48, "overlap": 12}

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from rag_app.cli.commands import app
+from rag_app.cli import app
 from rag_app.core.settings import Settings
 from rag_app.ingest.pipeline import ingest_paths
 from rag_app.store.locks import FileWriterLocks, WriterLockTimeout

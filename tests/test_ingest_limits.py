@@ -3,14 +3,15 @@ and a run with nothing to do commits nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from rag_app.cli.commands import app
+from rag_app.cli import app
 from rag_app.core.errors import InputError, LoaderError
 from rag_app.core.settings import Settings
 from rag_app.core.types import Document
@@ -60,12 +61,26 @@ def _big_text(mb: float) -> str:
 
 
 def test_multi_mb_document_streams_in_embed_batches_and_commits_once(
-    settings: Settings, minilm: Embedder
+    settings: Settings, minilm: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings.model_copy(update={"embed_batch_size": 64})
     spy = SpyEmbedder(minilm)
     doc = Document(id="big", title="Big", text=_big_text(2.5), source="big.txt")
     commits: list[int] = []
+    committed_batches: list[int] = []  # rows per batch as the commit pulls them from the staging file
+    replace = VectorStore.replace_documents
+
+    def streamed_replace(store: VectorStore, table: object, rows: object, doc_ids: list[str]) -> None:
+        assert isinstance(rows, pa.RecordBatchReader)  # a stream off disk, never the document's rows at once
+
+        def counted() -> Iterator[pa.RecordBatch]:
+            for batch in rows:
+                committed_batches.append(batch.num_rows)
+                yield batch
+
+        replace(store, table, pa.RecordBatchReader.from_batches(rows.schema, counted()), doc_ids)
+
+    monkeypatch.setattr(VectorStore, "replace_documents", streamed_replace)
     report = ingest_documents(
         settings, "paiddaily", "catalysts", [doc], embedder=spy, progress=False, on_batch=commits.append
     )
@@ -74,6 +89,9 @@ def test_multi_mb_document_streams_in_embed_batches_and_commits_once(
     assert max(spy.embed_calls) == 64 and sum(spy.embed_calls) == report.chunks_written
     assert spy.longest_tokenized <= SEGMENT_CHARS < len(doc.text)  # never the whole text at once
     assert commits == [1]  # the whole document in one commit: crash-safe
+    # ...yet rows are held one embed batch at a time: staged on disk, streamed into that commit
+    assert max(committed_batches) <= 64 and sum(committed_batches) == report.chunks_written
+    assert not any((settings.data_dir / "tmp").iterdir())  # the staging file is gone
     table = VectorStore(settings).open_table("paiddaily", "catalysts")
     assert table.count_rows() == report.chunks_written
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rag_app.core.errors import LoaderError
-from rag_app.ingest.loaders import load_paths, split_sections
+from rag_app.ingest.loaders import load_paths
+from rag_app.ingest.loaders.markdown import split_sections
 
 MARKDOWN = """---
 id: sage

@@ -33,8 +33,15 @@ MAX_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
-def live(sample_index_dir: Path) -> Iterator[LiveServer]:
-    settings = make_test_settings(sample_index_dir, max_history_turns=5, max_message_chars=400)
+def live(sample_index_dir: Path, tiny_path: Path) -> Iterator[LiveServer]:
+    # a real (tiny) cross-encoder: /v1/rerank answers 503 without weights, which the no-5xx check forbids
+    settings = make_test_settings(
+        sample_index_dir,
+        max_history_turns=5,
+        max_message_chars=400,
+        reranker_model=str(tiny_path),
+        reranker_revision=None,
+    )
     with LiveServer(create_app(settings)) as server:
         yield server
 

@@ -110,7 +110,7 @@ def test_crash_mid_ingest_leaves_whole_documents_and_resumes(settings: Settings,
 
 
 def _docs(rows: list[dict]):
-    from rag_app.ingest.loaders import record_to_document
+    from rag_app.ingest.loaders.tabular import record_to_document
 
     return [record_to_document(r, path=Path("mem"), line=i) for i, r in enumerate(rows, 1)]
 

@@ -6,7 +6,9 @@ This module builds the one :data:`app` and its sub-apps; each command group regi
 * :mod:`rag_app.cli.index`: ``ingest``, ``search``, ``stats``, ``maintain``;
 * :mod:`rag_app.cli.answer`: ``demo``, ``ask``;
 * :mod:`rag_app.cli.quality`: ``optimize``, ``eval retrieval``, ``eval answers``;
-* :mod:`rag_app.cli.ops`: ``serve``, ``doctor``, ``keys add|list|revoke``, ``models pull``.
+* :mod:`rag_app.cli.ops`: ``serve``, ``doctor``, ``keys add|list|revoke``, ``models pull``;
+* :mod:`rag_app.cli.feedback`: ``feedback export``, ``feedback stats``;
+* :mod:`rag_app.cli.mcp`: ``mcp`` (the MCP tools over stdio).
 
 Options, output and the error boundary (a :class:`rag_app.core.errors.RagError` becomes one line on
 stderr and a non-zero exit code) are shared through :mod:`rag_app.cli.common`.
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import typer
 
-from rag_app.cli import answer, index, ops, quality
+from rag_app.cli import answer, feedback, index, ops, quality
+from rag_app.cli import mcp as mcp_command
 
 __all__ = ["app"]
 
@@ -40,3 +43,5 @@ index.register(app)
 answer.register(app)
 quality.register(app, eval_app)
 ops.register(app, keys_app, models_app)
+feedback.register(app)
+mcp_command.register(app)

@@ -65,36 +65,6 @@ def _sections(doc: Document) -> list[Section]:
     return doc.sections or [Section(heading_path=[], text=doc.text)]
 
 
-def chunk_document(
-    doc: Document,
-    *,
-    site: str,
-    collection: str,
-    tokenizer: Tokenizer,
-    chunk_tokens: int = 256,
-    overlap: int = 32,
-    max_input_tokens: int | None = None,
-    fingerprint: str = "",
-) -> list[Chunk]:
-    """Split ``doc`` into chunks of at most ``chunk_tokens`` tokens, ``overlap`` tokens shared.
-
-    ``max_input_tokens`` is the embedder's input limit: the header line and special tokens are
-    subtracted from it so header + body always fit.
-    """
-    return list(
-        iter_chunks(
-            doc,
-            site=site,
-            collection=collection,
-            tokenizer=tokenizer,
-            chunk_tokens=chunk_tokens,
-            overlap=overlap,
-            max_input_tokens=max_input_tokens,
-            fingerprint=fingerprint,
-        )
-    )
-
-
 def iter_chunks(
     doc: Document,
     *,
@@ -107,7 +77,12 @@ def iter_chunks(
     fingerprint: str = "",
     segment_chars: int = SEGMENT_CHARS,
 ) -> Iterator[Chunk]:
-    """:func:`chunk_document` as a stream, in bounded memory (ingest embeds while it chunks)."""
+    """Split ``doc`` into chunks of at most ``chunk_tokens`` tokens, ``overlap`` tokens shared, as a stream.
+
+    ``max_input_tokens`` is the embedder's input limit: the header line and special tokens are
+    subtracted from it so header + body always fit. Streaming keeps memory bounded however large
+    the document (ingest embeds while it chunks).
+    """
     doc_hash = document_hash(doc, fingerprint)
     seen: dict[bytes, int] = {}  # digest of (doc, heading path, text) -> occurrences so far
     index = 0
@@ -146,18 +121,14 @@ def iter_chunks(
             index += 1
 
 
-def split_tokens(text: str, tokenizer: Tokenizer, budget: int, overlap: int) -> list[str]:
-    """Windows of at most ``budget`` tokens over ``text``, preferring to end at a sentence break."""
-    return list(iter_pieces(text, tokenizer, budget, overlap))
-
-
 def iter_pieces(
     text: str, tokenizer: Tokenizer, budget: int, overlap: int, *, segment_chars: int = SEGMENT_CHARS
 ) -> Iterator[str]:
-    """:func:`split_tokens` as a stream over a bounded buffer of token spans.
+    """Windows of at most ``budget`` tokens over ``text``, preferring to end at a sentence break.
 
-    The buffer always holds the window being cut plus one token of look-ahead (what the sentence-break
-    rule reads), so the windows are exactly those of the whole-text version.
+    Windows are cut from a bounded buffer of token spans that always holds the window being cut plus
+    one token of look-ahead (what the sentence-break rule reads), so they are exactly the windows of
+    tokenizing the whole text at once.
     """
     text = text.strip()
     if not text:

@@ -6,11 +6,10 @@ with what the table holds: unchanged documents cost nothing, changed ones have t
 new ones are added, and with ``prune`` documents no longer present are removed. The diff is computed
 under the lock, so a second concurrent run sees the first one's commit and finds nothing to do.
 
-Chunks are produced and embedded as a stream (``embed_batch_size`` chunks at a time), so memory stays
-bounded however large a document is. Commits fall on document boundaries only: each commit holds the
-Arrow rows of whole documents (a large document's rows are collected, vectors are small, and written
-in one ``merge_insert``), so a crash leaves every document wholly old or wholly new. A run with
-nothing to do commits nothing: no new table version, no index rebuild.
+Writing (:mod:`rag_app.ingest.writer`) streams: chunks are embedded ``embed_batch_size`` at a time
+and their rows staged on disk, so memory stays bounded however large a document is, while commits
+fall on document boundaries only (a crash leaves every document wholly old or wholly new). A run
+with nothing to do commits nothing: no new table version, no index rebuild.
 """
 
 from __future__ import annotations
@@ -20,25 +19,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-from tqdm.auto import tqdm
 
 from rag_app.core.errors import InputError
 from rag_app.core.settings import Settings
-from rag_app.core.types import Chunk, Document
-from rag_app.ingest.chunking import document_hash, embedding_text, has_text, iter_chunks
+from rag_app.core.types import Document
+from rag_app.ingest.chunking import document_hash, has_text
 from rag_app.ingest.loaders import OnError, load_paths
+from rag_app.ingest.writer import StreamWriter
 from rag_app.models.embeddings import Embedder, load_embedder
-from rag_app.store.vector_store import VectorStore, check_embedder, chunks_to_table, table_name
+from rag_app.store.schema import check_embedder, table_name
+from rag_app.store.vector_store import VectorStore
 
 log = logging.getLogger("rag_app.ingest.pipeline")
 
 #: Documents per commit: large enough to amortise a commit, small enough that a crash loses little.
 DEFAULT_BATCH_DOCS = 64
-#: Chunk rows after which a commit is made at the next document boundary (bounds the rows held).
-COMMIT_ROWS = 20_000
 
 
 class PruneRefusedError(InputError):
@@ -178,7 +173,7 @@ def ingest_documents(
         if dry_run or table is None:
             report.seconds = time.perf_counter() - start
             return report
-        writer = _StreamWriter(settings, store, table, embedder, fingerprint, report, progress, on_batch)
+        writer = StreamWriter(settings, store, table, embedder, fingerprint, report, progress, on_batch)
         writer.write(pending, batch_docs)
         store.delete_documents(table, report.removed_ids)
         report.indexes = store.refresh_indexes(table, changed=bool(pending or report.removed_ids))
@@ -230,118 +225,3 @@ def _check_prune(settings: Settings, report: IngestReport, total: int, force: bo
         "(RAG_PRUNE_MAX_FRACTION); nothing was written. Check the input paths, list what would go "
         "with --dry-run, or pass --yes to remove them"
     )
-
-
-class _StreamWriter:
-    """Chunk -> embed (``embed_batch_size`` at a time) -> Arrow rows -> commit at document boundaries."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        store: VectorStore,
-        table: Any,
-        embedder: Embedder,
-        fingerprint: str,
-        report: IngestReport,
-        progress: bool,
-        on_batch: Callable[[int], None] | None,
-    ) -> None:
-        self.settings, self.store, self.table, self.embedder = settings, store, table, embedder
-        self.fingerprint, self.report, self.on_batch = fingerprint, report, on_batch
-        self.progress = progress
-        self.buffer: list[Chunk] = []
-        self.rows: list[pa.Table] = []
-        self.row_count = 0
-        self.doc_ids: list[str] = []
-        self.batches = 0
-
-    def write(self, pending: Sequence[Document], batch_docs: int) -> None:
-        meter = _Meter(
-            f"ingest {self.report.site}/{self.report.collection}",
-            len(pending),
-            self.settings.ingest_log_every_chunks,
-            terminal=self.progress,
-        )
-        try:
-            for doc in pending:
-                for chunk in iter_chunks(
-                    doc,
-                    site=self.report.site,
-                    collection=self.report.collection,
-                    tokenizer=self.embedder,
-                    chunk_tokens=self.settings.chunk_tokens,
-                    overlap=self.settings.chunk_overlap,
-                    max_input_tokens=self.embedder.max_tokens,
-                    fingerprint=self.fingerprint,
-                ):
-                    self.buffer.append(chunk)
-                    if len(self.buffer) >= self.settings.embed_batch_size:
-                        meter.chunks(self._embed())
-                self.doc_ids.append(doc.id)
-                meter.document()
-                if len(self.doc_ids) >= batch_docs or self.row_count + len(self.buffer) >= COMMIT_ROWS:
-                    meter.chunks(self._embed())
-                    self._commit()
-            meter.chunks(self._embed())
-            self._commit()
-        finally:
-            meter.close()
-
-    def _embed(self) -> int:
-        if not self.buffer:
-            return 0
-        chunks, self.buffer = self.buffer, []
-        texts = [embedding_text(c) for c in chunks]
-        vectors = self.embedder.embed_documents(texts)
-        self.rows.append(chunks_to_table(chunks, texts, vectors, self.table.schema))
-        self.row_count += len(chunks)
-        return len(chunks)
-
-    def _commit(self) -> None:
-        if not self.doc_ids:
-            return
-        rows = pa.concat_tables(self.rows) if self.rows else self.table.schema.empty_table()
-        self.store.replace_documents(self.table, rows, self.doc_ids)
-        self.report.chunks_written += rows.num_rows
-        self.rows, self.row_count, self.doc_ids = [], 0, []
-        self.batches += 1
-        if self.on_batch:
-            self.on_batch(self.batches)
-
-
-class _Meter:
-    """Progress: a tqdm bar on a terminal, else a log line every ``every`` chunks (CI, cron, pipes)."""
-
-    def __init__(self, label: str, documents: int, every: int, *, terminal: bool) -> None:
-        self.label, self.documents, self.every, self.terminal = label, documents, max(1, every), terminal
-        self.done_docs = 0
-        self.done_chunks = 0
-        self.next_log = self.every
-        self.start = time.perf_counter()
-        self.bar = tqdm(total=documents, unit="doc", desc=label, disable=not terminal, leave=False)
-
-    def chunks(self, n: int) -> None:
-        if not n:
-            return
-        self.done_chunks += n
-        if self.terminal:
-            self.bar.set_postfix(chunks=self.done_chunks)
-        elif self.done_chunks >= self.next_log:
-            rate = self.done_chunks / max(time.perf_counter() - self.start, 1e-9)
-            log.info(
-                "%s: %d chunks embedded, %d/%d documents done (%.1f chunks/s)",
-                self.label,
-                self.done_chunks,
-                self.done_docs,
-                self.documents,
-                rate,
-            )
-            while self.next_log <= self.done_chunks:
-                self.next_log += self.every
-
-    def document(self) -> None:
-        self.done_docs += 1
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()

@@ -4,9 +4,13 @@ Routes (one router module each, under :mod:`rag_app.server.routes`)
     ``POST /v1/chat-bridge``                 chat messages -> grounded answer (JSON, or SSE with ``stream``)
     ``POST /v1/programs/{site}/{program}``   a site program's typed ``Input`` -> its typed ``Output``
     ``POST /v1/search``                      retrieve + rerank only (both scores on every passage)
+    ``POST /v1/chat/completions``            OpenAI-compatible chat (models: ``GET /v1/models``)
+    ``POST /v1/rerank``                      the reranker as a service (Cohere/Infinity shape)
+    ``POST /v1/feedback``                    rate an answer by its request id (feeds eval and optimize)
+    ``POST /mcp``                            MCP tools list_sites, search, ask (streamable HTTP; bearer key)
     ``GET  /v1/programs``                    the programs this key may call
     ``GET  /healthz``                        the process is up (always open)
-    ``GET  /readyz``                         models loaded and warmed, index present, LM reachable (503 until)
+    ``GET  /readyz``                         models, indexes and programs loaded (the LM is reported)
     ``GET  /metrics``                        Prometheus text
 
 Every error is ``{"error": {"code", "message", "field"?, "request_id"}}`` (:mod:`rag_app.server.errors`);
@@ -28,9 +32,12 @@ from fastapi import FastAPI
 
 from rag_app.core.settings import Settings
 from rag_app.server.errors import add_error_handlers
+from rag_app.server.mcp_http import McpEndpoint
 from rag_app.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from rag_app.server.openai_errors import OpenAIErrorShapeMiddleware
 from rag_app.server.openapi import install_components
-from rag_app.server.routes import chat, ops, programs, search
+from rag_app.server.routes import chat, feedback, ops, programs, rerank, search
+from rag_app.server.routes import openai_chat as openai
 from rag_app.server.schemas import ErrorResponse
 from rag_app.server.state import ServerState
 
@@ -46,6 +53,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
     doubles; normally leave them unset).
     """
     state = ServerState(settings, embedder=embedder, reranker=reranker)
+    mcp = McpEndpoint(state)  # the MCP tools at /mcp; its session manager runs in the lifespan
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +73,8 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
         if not state.keys.required:
             log.warning("API key auth is OFF: no keys in %s", settings.keys_file)
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             state.close()
 
@@ -81,6 +90,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)
+    app.add_middleware(OpenAIErrorShapeMiddleware)  # OpenAI's error shape on the OpenAI routes only
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -97,9 +107,15 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
     programs_router, components = programs.programs_router(state)
     components.update(chat.chat_components(state))
     components.update(search.search_components(state))
+    components.update(openai.openai_chat_components(state))
+    components.update(rerank.rerank_components(state))
     app.include_router(ops.router)
     app.include_router(chat.router)
     app.include_router(search.router)
     app.include_router(programs_router)
-    install_components(app, components)
+    app.include_router(openai.router)
+    app.include_router(rerank.router)
+    app.include_router(feedback.feedback_router(state))
+    app.router.routes.append(mcp.route)
+    install_components(app, components, auth_required=lambda: state.keys.required)
     return app

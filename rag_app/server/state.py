@@ -1,4 +1,5 @@
-"""What one app (one worker) holds: its runtime (models, pipelines, programs), gates, keys, checks.
+"""What one app (one worker) holds: its runtime (models, pipelines, programs), gates, keys, checks,
+and the answer log that feedback refers to.
 
 Every model is loaded once per worker by the worker's :class:`~rag_app.runtime.Runtime` and shared by
 all requests. The runtime is built with the stage gates' wrappers (:mod:`rag_app.server.gates`), so
@@ -17,11 +18,13 @@ from rag_app.models.embeddings.base import Embedder
 from rag_app.models.rerank.base import Reranker, unavailable_note
 from rag_app.runtime import Runtime
 from rag_app.server.auth import KeyChecker
+from rag_app.server.feedback_store import FeedbackStore
 from rag_app.server.gates import stage_wrappers
 from rag_app.server.limits import StageGate, StageRunner
 from rag_app.server.metrics import Metrics
 
 log = logging.getLogger("rag_app.server")
+
 
 class ServerState:
     """Models, gates, pipelines and programs of one app."""
@@ -49,6 +52,8 @@ class ServerState:
             for name, limit in limits.items()
         }
         self.keys = KeyChecker(settings)
+        #: Every answer, by request id, for ``POST /v1/feedback`` (SQLite in the data dir, opened on use).
+        self.answer_log = FeedbackStore.from_settings(settings)
         self.runner = StageRunner(self.gates, max_threads=limits["request"] + 2)
         self.runtime = Runtime(
             settings, embedder=embedder, reranker=reranker, wrappers=stage_wrappers(self.gates)

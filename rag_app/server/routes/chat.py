@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from rag_app.server.errors import ApiError, validation_error
 from rag_app.server.openapi import SCHEMA_REF, json_body
 from rag_app.server.routes.chat_stream import SSE_SCHEMA, chat_payload, stream_chat
+from rag_app.server.routes.feedback import record_answer
 from rag_app.server.routes.shared import State, authorize, check_program, check_site, read_body, run_program
 from rag_app.server.schemas import ERROR_RESPONSES, ChatRequest, ChatResponse
 from rag_app.server.state import ServerState
@@ -107,6 +108,8 @@ async def chat_bridge(request: Request, state: State) -> Response:
     live, then replace them with `done.answer`. Errors before the stream opens keep their HTTP
     status (503 overloaded, 504 deadline); later ones arrive as `event: error` (the JSON error
     body) and end the stream.
+
+    Every answer is logged under its `request_id`, which `POST /v1/feedback` rates.
     """
     body = await read_body(request, ChatRequest)
     site = check_site(state, body.site, field="site")
@@ -116,4 +119,5 @@ async def chat_bridge(request: Request, state: State) -> Response:
     if body.stream:
         return await stream_chat(request, site, CHAT_PROGRAM, inputs)
     output = await run_program(request, site, CHAT_PROGRAM, inputs)
+    await record_answer(request, site, CHAT_PROGRAM, inputs, output)
     return JSONResponse(chat_payload(output))

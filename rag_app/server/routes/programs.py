@@ -1,5 +1,8 @@
 """``/v1/programs``: the programs a key may call, one typed route per site program (so ``/docs`` shows
-each program's Input and Output), and a generic route for any program by name."""
+each program's Input and Output), and a generic route for any program by name.
+
+Every answer carries the request's ``request_id`` next to the program's Output fields, and is logged
+under it for ``POST /v1/feedback`` (:mod:`rag_app.server.routes.feedback`)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from rag_app.server.program_rules import (
     ProgramInputRules,
     program_input_schema,
 )
+from rag_app.server.routes.feedback import record_answer, with_request_id
 from rag_app.server.routes.shared import (
     State,
     api_key,
@@ -32,6 +36,35 @@ from rag_app.server.state import ServerState
 
 log = logging.getLogger("rag_app.server")
 
+#: The typed routes' 200 body: the program's Output plus the request id (OpenAPI 3.1 allows keywords
+#: beside ``$ref``; merged into FastAPI's response schema for the Output model).
+REQUEST_ID_RESPONSE: dict[str, Any] = {
+    "responses": {
+        "200": {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "properties": {
+                            "request_id": {
+                                "type": "string",
+                                "description": "This answer's id: send it to POST /v1/feedback to rate it.",
+                            }
+                        },
+                        "required": ["request_id"],
+                    }
+                }
+            }
+        }
+    }
+}
+
+
+async def answer(request: Request, site: str, program: str, inputs: BaseModel) -> JSONResponse:
+    """Run the program, log its answer for feedback, and send its Output with the request id."""
+    output = await run_program(request, site, program, inputs)
+    await record_answer(request, site, program, inputs, output)
+    return JSONResponse(with_request_id(output.model_dump(mode="json"), request))
+
 
 async def list_programs(request: Request, state: State) -> ProgramsResponse:
     key = api_key(request)
@@ -45,8 +78,7 @@ async def run_any_program(site: str, program: str, request: Request, state: Stat
     check_program(state, site, program)
     cls = await asyncio.to_thread(lambda: type(state.program(site, program)))
     inputs = await read_program_input(request, cls.Input, PROGRAM_INPUT_RULES.get((site, program)))
-    output = await run_program(request, site, program, inputs)
-    return JSONResponse(output.model_dump(mode="json"))
+    return await answer(request, site, program, inputs)
 
 
 def _program_endpoint(site: str, name: str, model: type[BaseModel], rules: ProgramInputRules | None) -> Any:
@@ -55,7 +87,7 @@ def _program_endpoint(site: str, name: str, model: type[BaseModel], rules: Progr
     async def endpoint(request: Request) -> Any:
         authorize(request, site)
         inputs = await read_program_input(request, model, rules)
-        return await run_program(request, site, name, inputs)
+        return await answer(request, site, name, inputs)
 
     endpoint.__name__ = f"program_{site}_{name}"
     return endpoint
@@ -94,7 +126,7 @@ def _add_typed_routes(router: APIRouter, state: ServerState) -> dict[str, dict[s
                 name=f"{site}.{name}",
                 summary=f"{site} / {name}",
                 description=inspect.cleandoc(cls.__doc__ or ""),
-                openapi_extra=json_body(component),
+                openapi_extra=json_body(component) | REQUEST_ID_RESPONSE,
             )
     return components
 
