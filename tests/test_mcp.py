@@ -219,7 +219,7 @@ def test_mcp_command_checks_its_sites_before_serving(data_dir: Path, tiny_path: 
     env = offline_env(data_dir, tiny_path)
     unknown = CliRunner().invoke(cli, ["mcp", "--site", "nosuchsite"], env=env)
     assert unknown.exit_code == 2
-    assert "unknown site(s) 'nosuchsite'" in unknown.output and "builddaily" in unknown.output
+    assert "unknown site 'nosuchsite'" in unknown.output and "builddaily" in unknown.output
     missing = CliRunner().invoke(cli, ["mcp"], env=env)
     assert missing.exit_code == 2 and "--site" in missing.output
 

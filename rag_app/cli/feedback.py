@@ -37,8 +37,8 @@ feedback_app = typer.Typer(
 
 
 def _store(settings: Settings, site: str | None) -> FeedbackStore:
-    if site is not None and site not in settings.sites:
-        raise InputError(f"--site: unknown site {site!r}; known sites: {', '.join(sorted(settings.sites))}")
+    if site is not None:
+        settings.check_sites([site])
     path = settings.data_dir / STORE_FILE
     if not path.is_file():
         raise InputError(

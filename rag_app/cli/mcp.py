@@ -19,6 +19,7 @@ import typer
 
 from rag_app.cli.common import ConfigOpt, DataDirOpt, handle_errors, load_settings
 from rag_app.core.errors import InputError, RagError
+from rag_app.core.settings import Settings
 
 __all__ = ["LocalToolHost", "register", "served_sites"]
 
@@ -44,8 +45,10 @@ class LocalToolHost:
     def check_site(self, ctx: Any, site: str) -> None:
         from mcp.server.mcpserver.exceptions import ToolError
 
-        if site not in self.settings.sites:
-            raise ToolError(f"unknown site {site!r}; known sites: {', '.join(sorted(self.settings.sites))}")
+        try:
+            self.settings.check_sites([site])
+        except InputError as exc:
+            raise ToolError(str(exc)) from None
         if site not in self.sites:
             raise ToolError(
                 f"this MCP server serves only {', '.join(self.sites)} (its --site list); start it with "
@@ -62,8 +65,9 @@ class LocalToolHost:
             raise ToolError(str(exc)) from None
 
 
-def served_sites(known: Sequence[str], wanted: Sequence[str]) -> list[str]:
+def served_sites(settings: Settings, wanted: Sequence[str]) -> list[str]:
     """The ``--site`` values checked against the configured sites (``'*'`` = all of them)."""
+    known = list(settings.sites)
     wanted = [s.strip() for s in wanted if s and s.strip()]
     if not wanted:
         raise InputError(
@@ -72,11 +76,7 @@ def served_sites(known: Sequence[str], wanted: Sequence[str]) -> list[str]:
         )
     if ALL_SITES in wanted:
         return list(known)
-    unknown = [s for s in wanted if s not in known]
-    if unknown:
-        raise InputError(
-            f"unknown site(s) {', '.join(map(repr, unknown))}; known sites: {', '.join(sorted(known))}"
-        )
+    settings.check_sites(wanted)
     return [s for s in known if s in wanted]
 
 
@@ -106,7 +106,7 @@ def mcp_command(
     from rag_app.server.mcp_tools import build_mcp_server
 
     settings = load_settings(config, data_dir=data_dir)
-    sites = served_sites(list(settings.sites), site)
+    sites = served_sites(settings, site)
     runtime = Runtime(settings)
     server = build_mcp_server(LocalToolHost(runtime, sites))
     if warm:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -361,11 +361,21 @@ class Settings(BaseSettings):
             return self.ollama_host
         return None
 
+    def check_sites(self, sites: Iterable[str]) -> list[str]:
+        """``sites`` if every one is configured; else an :class:`InputError` naming the unknown ones and
+        the known sites (the one message for every caller: CLI, keys, HTTP, MCP)."""
+        wanted = list(sites)
+        unknown = [s for s in wanted if s not in self.sites]
+        if unknown:
+            label = "site" if len(unknown) == 1 else "sites"
+            known = ", ".join(sorted(self.sites))
+            raise InputError(f"unknown {label} {', '.join(map(repr, unknown))}; known sites: {known}")
+        return wanted
+
     def collections_for(self, site: str, collection: str | None = None) -> list[str]:
         """The collections of ``site`` (all, or the one named): the one check of site and collection
         names every caller uses; an :class:`InputError` names the known ones otherwise."""
-        if site not in self.sites:
-            raise InputError(f"unknown site {site!r}; known sites: {', '.join(sorted(self.sites))}")
+        self.check_sites([site])
         collections = self.sites[site]
         if collection is None:
             return list(collections)

@@ -143,12 +143,7 @@ def _check_sites(settings: Settings, sites: Sequence[str]) -> tuple[str, ...]:
             f"a key needs at least one site (or '{ALL_SITES}' for all); known sites: "
             f"{', '.join(sorted(settings.sites))}"
         )
-    unknown = [s for s in sites if s != ALL_SITES and s not in settings.sites]
-    if unknown:
-        raise InputError(
-            f"unknown site(s) {', '.join(map(repr, unknown))}; known sites: "
-            f"{', '.join(sorted(settings.sites))} (or '{ALL_SITES}' for all)"
-        )
+    settings.check_sites(s for s in sites if s != ALL_SITES)
     return sites
 
 

@@ -33,7 +33,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from rag_app.core.errors import RagError
+from rag_app.core.errors import InputError, RagError
 from rag_app.runtime import Runtime
 from rag_app.server.auth import AuthError, KeyInfo
 from rag_app.server.errors import ApiError, error_response, note_error, to_api_error
@@ -81,8 +81,10 @@ class ServerToolHost:
         return [site for site in self.settings.sites if key is None or key.allows(site)]
 
     def check_site(self, ctx: Context, site: str) -> None:
-        if site not in self.settings.sites:
-            raise ToolError(f"unknown site {site!r}; known sites: {', '.join(sorted(self.settings.sites))}")
+        try:
+            self.settings.check_sites([site])
+        except InputError as exc:
+            raise ToolError(str(exc)) from None
         key = self._key(ctx)
         if key is not None and not key.allows(site):
             raise ToolError(

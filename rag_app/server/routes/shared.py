@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from rag_app.core.errors import InputError
 from rag_app.server.auth import KeyInfo
 from rag_app.server.errors import ApiError, validation_error
 from rag_app.server.gates import RequestScope
@@ -41,13 +42,10 @@ def api_key(request: Request) -> KeyInfo | None:
 
 
 def check_site(state: ServerState, site: str, *, field: str | None = None) -> str:
-    if site not in state.settings.sites:
-        raise ApiError(
-            404,
-            "unknown_site",
-            f"unknown site {site!r}; known sites: {', '.join(sorted(state.settings.sites))}",
-            field=field,
-        )
+    try:
+        state.settings.check_sites([site])
+    except InputError as exc:
+        raise ApiError(404, "unknown_site", str(exc), field=field) from None
     return site
 
 
