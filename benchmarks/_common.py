@@ -224,3 +224,20 @@ def temp_dir(root: str | Path, name: str, keep: bool = False) -> Iterator[Path]:
     finally:
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def source_words(seed: int = 0) -> list[str]:
+    """Real words (SciFact abstracts) when the shared data is there, else a generated vocabulary."""
+    corpus = DATA_DIR / "scifact" / "corpus.jsonl"
+    words: list[str] = []
+    if corpus.is_file():
+        with corpus.open() as f:
+            for line in f:
+                words += json.loads(line).get("text", "").split()
+                if len(words) > 60_000:
+                    break
+    if len(words) < 10_000:
+        rng = random.Random(seed)
+        vocab = ["".join(rng.choices("abcdefghijklmnoprstuvw", k=rng.randint(3, 9))) for _ in range(3000)]
+        words = [rng.choice(vocab) for _ in range(60_000)]
+    return words

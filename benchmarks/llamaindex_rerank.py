@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CACHE_DIR, DATA_DIR, REPO, latency_stats, log, machine_line
+from _common import CACHE_DIR, latency_stats, log, machine_line, source_words
 
 N_NODES, TOP_N = 20, 5
 QUERIES = [
@@ -97,21 +97,6 @@ def build_minilm_arch(path: Path) -> Path:
     backend.save(str(tmp / "tokenizer.json"))
     tmp.rename(path)
     return path
-
-
-def source_words() -> list[str]:
-    corpus = DATA_DIR / "scifact" / "corpus.jsonl"
-    words: list[str] = []
-    if corpus.is_file():
-        with corpus.open() as f:
-            for line in f:
-                words += json.loads(line).get("text", "").split()
-                if len(words) > 80_000:
-                    break
-    if len(words) < 20_000:
-        for page in sorted((REPO / "data").rglob("*.md")):
-            words += page.read_text(encoding="utf-8").split()
-    return words
 
 
 def build_nodes(words: list[str], tokens: int, query_index: int) -> list[Any]:

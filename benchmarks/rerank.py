@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import CACHE_DIR, DATA_DIR, latency_stats, log, machine_line
+from _common import CACHE_DIR, latency_stats, log, machine_line, source_words
 
 N_PASSAGES = 20
 QUERY = "what are the effects of vitamin d supplementation on bone density in older adults"
@@ -151,23 +151,6 @@ def count_params(path: Path) -> tuple[Any, dict[str, int]]:
 
 
 # ------------------------------------------------------------------------------------ text
-
-
-def source_words(seed: int = 0) -> list[str]:
-    """Real words (SciFact abstracts) when the shared data is there, else a generated vocabulary."""
-    corpus = DATA_DIR / "scifact" / "corpus.jsonl"
-    words: list[str] = []
-    if corpus.is_file():
-        with corpus.open() as f:
-            for line in f:
-                words += json.loads(line).get("text", "").split()
-                if len(words) > 60_000:
-                    break
-    if len(words) < 10_000:
-        rng = random.Random(seed)
-        vocab = ["".join(rng.choices("abcdefghijklmnoprstuvw", k=rng.randint(3, 9))) for _ in range(3000)]
-        words = [rng.choice(vocab) for _ in range(60_000)]
-    return words
 
 
 def build_passages(tokenizer: Any, n_tokens: int, words: list[str], seed: int) -> list[str]:
