@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -241,3 +242,20 @@ def source_words(seed: int = 0) -> list[str]:
         vocab = ["".join(rng.choices("abcdefghijklmnoprstuvw", k=rng.randint(3, 9))) for _ in range(3000)]
         words = [rng.choice(vocab) for _ in range(60_000)]
     return words
+
+
+def unbake_tokenizer(model_dir: Path, **config: Any) -> None:
+    """Drop the padding/truncation baked into a saved ``tokenizer.json`` (MiniLM's file has both) and
+    its ``max_length``, and set ``config`` keys in ``tokenizer_config.json``: the reranker decides
+    lengths itself, so a copied tokenizer must not cut or pad first."""
+    from tokenizers import Tokenizer
+
+    config_file = model_dir / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text())
+    tok_config.pop("max_length", None)
+    tok_config.update(config)
+    config_file.write_text(json.dumps(tok_config, indent=2))
+    backend = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(model_dir / "tokenizer.json"))

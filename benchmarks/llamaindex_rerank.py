@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CACHE_DIR, latency_stats, log, machine_line, source_words
+from _common import CACHE_DIR, latency_stats, log, machine_line, source_words, unbake_tokenizer
 
 N_NODES, TOP_N = 20, 5
 QUERIES = [
@@ -70,7 +70,6 @@ def build_minilm_arch(path: Path) -> Path:
     if (path / "model.safetensors").is_file():
         return path
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoTokenizer, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -86,15 +85,7 @@ def build_minilm_arch(path: Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(bundled_minilm_dir()).save_pretrained(tmp)
-    config_file = tmp / "tokenizer_config.json"
-    tok_config = json.loads(config_file.read_text())
-    tok_config.pop("max_length", None)
-    tok_config["model_max_length"] = 512
-    config_file.write_text(json.dumps(tok_config, indent=2))
-    backend = Tokenizer.from_file(str(tmp / "tokenizer.json"))
-    backend.no_padding()
-    backend.no_truncation()
-    backend.save(str(tmp / "tokenizer.json"))
+    unbake_tokenizer(tmp, model_max_length=512)
     tmp.rename(path)
     return path
 

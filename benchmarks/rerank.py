@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import CACHE_DIR, latency_stats, log, machine_line, source_words
+from _common import CACHE_DIR, latency_stats, log, machine_line, source_words, unbake_tokenizer
 
 N_PASSAGES = 20
 QUERY = "what are the effects of vitamin d supplementation on bone density in older adults"
@@ -87,7 +87,6 @@ def build_bge_base_arch(path: Path) -> Path:
     if (path / "model.safetensors").is_file():
         return path
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     from rag_app.models.files import bundled_minilm_dir
@@ -108,15 +107,7 @@ def build_bge_base_arch(path: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     # Like XLM-R's tokenizer: no token_type_ids (bge-reranker-base has a single token type), and no
     # padding/truncation to 128 baked into tokenizer.json (MiniLM's file has both).
-    config_file = tmp / "tokenizer_config.json"
-    tok_config = json.loads(config_file.read_text())
-    tok_config["model_input_names"] = ["input_ids", "attention_mask"]
-    tok_config.pop("max_length", None)
-    config_file.write_text(json.dumps(tok_config, indent=2))
-    backend = Tokenizer.from_file(str(tmp / "tokenizer.json"))
-    backend.no_padding()
-    backend.no_truncation()
-    backend.save(str(tmp / "tokenizer.json"))
+    unbake_tokenizer(tmp, model_input_names=["input_ids", "attention_mask"])
     tmp.rename(path)
     return path
 
