@@ -260,6 +260,16 @@ class Settings(BaseSettings):
     fetch_user_agent: str = "rag-app/0.1 (+https://builddaily.example/bot)"
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; unset = AWS.")
     s3_region: str | None = None
+    ingest_job_workers: int = Field(1, ge=1, le=16, description="Background ingest jobs run at once (HTTP uploads).")
+    ingest_job_ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="How long finished ingest jobs stay queryable at /v1/jobs/{id}."
+    )
+
+    # --- trained models (rag-app optimize --embedder / --reranker) -------------------------------------
+    models_dir: Path | None = Field(
+        None, description="Where fine-tuned models and their cards go; unset = <data_dir>/models."
+    )
+    train_device: str = Field("auto", description="Device for fine-tuning: auto (cuda if present), cpu, cuda.")
 
     @field_validator("lm_model", mode="before")
     @classmethod
@@ -342,6 +352,11 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Fine-tuned weights are artifacts, not source: they live under the data dir by default."""
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     @property
     def keys_file(self) -> Path:
