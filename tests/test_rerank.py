@@ -431,6 +431,7 @@ def test_rerank_keeps_the_retrieval_view(reranker: CrossEncoderReranker) -> None
 
 
 def test_torch_backends_fuse_all_but_the_fp32_reference(tiny_path: Path) -> None:
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     from rag_app.models.fused_encoder import FusedEncoderLayer, PackedLinear
@@ -445,9 +446,10 @@ def test_torch_backends_fuse_all_but_the_fp32_reference(tiny_path: Path) -> None
         assert isinstance(layer, FusedEncoderLayer) is (name != "torch-fp32"), name
         if name == "torch-bf16":
             assert isinstance(layer.intermediate, PackedLinear)
-            assert backend.optimizations == ("fused-layers", "prepacked-weights")
+            assert backend.optimizations == ("fused-layers", "prepacked-weights", "fp32-head")
+            assert backend.model.classifier.head.weight.dtype == torch.float32
         else:
             assert backend.optimizations == ()
     described = CrossEncoderReranker(str(tiny_path), revision=None, backend="auto").describe()
     if "torch-bf16" in available_backends():  # what `doctor` and the demo show
-        assert "backend=torch-bf16 (auto, fused-layers, prepacked-weights)" in described
+        assert "backend=torch-bf16 (auto, fused-layers, prepacked-weights, fp32-head)" in described

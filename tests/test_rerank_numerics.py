@@ -99,6 +99,19 @@ THRESHOLDS: dict[str, tuple[float, float, float, int]] = {
 }
 
 
+#: Largest share of tied scores a backend may produce over the 10 x 20 pairs (fp32 gives 0). With the
+#: head cast to bf16 like the encoder, the logit keeps 8 significant bits and ties appear (a bf16-autocast
+#: run of a fine-tuned MiniLM tied 4,709 of 6,000 SciFact scores); the head stays fp32 (backends/head.py).
+#: Measured on this model: torch-bf16 0.000 with the fp32 head, 0.015 with the head cast to bf16 too.
+MAX_TIE_RATE = 0.01
+
+
+def tie_rate(scores: list[np.ndarray]) -> float:
+    """Share of scores equal to another score of the same query (what makes a top 5 depend on sort order)."""
+    tied = sum(len(s) - len(np.unique(s)) for s in scores)
+    return tied / sum(len(s) for s in scores)
+
+
 def top5_agrees(want: np.ndarray, got: np.ndarray, margin: float) -> bool:
     """``got``'s top 5 holds every passage fp32 ranks clearly in, and none it ranks clearly out."""
     order = np.argsort(-want)
@@ -141,23 +154,25 @@ def test_backend_ranks_like_fp32(
     reranker = CrossEncoderReranker(
         str(minilm_ce), revision=None, backend=backend, cache_size=0, onnx_dir=onnx_root
     )
-    rhos, overlaps, diffs, agree = [], [], [], []
+    rhos, overlaps, diffs, agree, scores = [], [], [], [], []
     min_rho, mean_rho, margin, identical = THRESHOLDS[backend]
     for query in QUERIES:
         want, got = reference[query], reranker.score(query, PASSAGES)
+        scores.append(got)
         rhos.append(float(spearmanr(want, got).statistic))
         overlaps.append(len(set(np.argsort(-want)[:5]) & set(np.argsort(-got)[:5])))
         diffs.append(float(np.abs(want - got).max()))
         agree.append(top5_agrees(want, got, margin))
     summary = (
         f"{backend}: Spearman {np.round(rhos, 4).tolist()} (mean {np.mean(rhos):.4f}), top-5 overlaps "
-        f"{overlaps}, max |diff| {max(diffs):.2g}"
+        f"{overlaps}, max |diff| {max(diffs):.2g}, tie rate {tie_rate(scores):.3f}"
     )
     print(summary)
     assert min(rhos) >= min_rho, summary
     assert float(np.mean(rhos)) >= mean_rho, summary
     assert all(agree), summary
     assert sum(o == 5 for o in overlaps) >= identical, summary
+    assert tie_rate(scores) <= MAX_TIE_RATE, summary
     if backend == "onnx-fp32":
         assert max(diffs) < 1e-4, summary
 

@@ -1,5 +1,6 @@
 """The torch backends: ``torch-fp32`` (the model as loaded), ``torch-bf16`` and ``cuda-fp16`` (fused
-encoder layers from :mod:`rag_app.models.fused_encoder`, then cast).
+encoder layers from :mod:`rag_app.models.fused_encoder`, then cast; the head stays fp32:
+:mod:`.head`).
 
 Concurrent :meth:`TorchBackend.run` calls are safe: inference under :func:`torch.inference_mode` does
 not mutate the module. torch's intra-op thread count is process-global and left as the process
@@ -38,6 +39,7 @@ class TorchBackend:
         import torch
 
         from rag_app.models.fused_encoder import fuse_and_cast
+        from rag_app.models.rerank.backends.head import keep_head_fp32
 
         done: tuple[str, ...] = ()
         if name == "torch-fp32":  # the model as loaded: the reference the others are tested on
@@ -53,6 +55,8 @@ class TorchBackend:
             done = fuse_and_cast(model, lambda: model.to(device="cuda", dtype=torch.float16), target="cuda")
         else:  # pragma: no cover - guarded by resolve_backend
             raise ValueError(f"not a torch backend: {name}")
+        if name != "torch-fp32" and keep_head_fp32(model):
+            done = (*done, "fp32-head")
         release_freed_memory()  # the fp32 weights that the cast replaced
         return cls(model, name, input_names, done)
 
