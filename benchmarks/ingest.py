@@ -8,11 +8,21 @@ model is loaded before the clock starts, so chunks/s is steady-state throughput,
     python benchmarks/ingest.py                       # fastapi_docs corpus, precision auto (bf16 here)
     python benchmarks/ingest.py --precision float32 --json
     python benchmarks/ingest.py --large-mb 50 --json   # one N-MB text file: peak RSS and time
+    python benchmarks/ingest.py --format html --json   # FastAPI docs pages as HTML: pages/s, extraction
+    python benchmarks/ingest.py --format pdf --json    # FinanceBench filings as PDFs: pages/s
 
 ``--large-mb N`` writes one plain-text file of N MB made of real text from ``../shared/data`` corpora
 (into the temp dir, never the repo) and ingests it alone: it measures that a huge document streams
 (chunked and embedded in ``embed_batch_size`` batches) in bounded memory. Peak RSS is sampled during
 the ingest (model already loaded) and compared with the RSS before it.
+
+``--format html`` renders the shared FastAPI docs pages (``--pages``, default all 152) into HTML pages
+wrapped in a site's boilerplate (``tests/format_samples.py``: navigation, sidebar, cookie banner,
+footer, scripts) and reports the loader's pages/s (parse only) and ingest pages/s (parse, chunk,
+embed, write), with the extraction quality: the share of the body's words kept (text blocks found
+whole in the extracted text) and the share of boilerplate words that leaked in. ``--format pdf``
+writes the FinanceBench filings to PDFs with fpdf2 (one corpus page per PDF page; 168 pages in 84
+files) and reports the same two rates.
 """
 
 from __future__ import annotations
@@ -49,9 +59,14 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the temp data dir")
     p.add_argument("--json", action="store_true", help="one JSON line on stdout")
     p.add_argument("--large-mb", type=float, default=None, help="ingest one text file of this many MB")
+    p.add_argument("--format", choices=["html", "pdf"], default=None, help="pages/s of HTML or PDF files")
+    p.add_argument("--pages", type=int, default=None, help="with --format html: how many docs pages")
     args = p.parse_args()
     if args.large_mb:
         large_document(args)
+        return
+    if args.format:
+        format_throughput(args)
         return
 
     machine = machine_line()
@@ -176,6 +191,89 @@ def large_document(args: argparse.Namespace) -> None:
     else:
         for key, value in result.items():
             print(f"{key:20s} {value}")
+
+
+def write_html_pages(folder: Path, limit: int | None) -> tuple[int, dict[str, float]]:
+    """FastAPI docs pages as HTML files in ``folder``; returns (pages, extraction quality by words)."""
+    from rag_app.ingest.loaders import load_file
+    from tests.format_samples import fastapi_pages, render_html_page, squash
+
+    pages = fastapi_pages(DATA_DIR, limit)
+    titles = [t for t, _ in pages]
+    kept = body = leaked = boiler = 0
+    for i, (title, markdown) in enumerate(pages):
+        page = render_html_page(markdown, title=title, siblings=titles[max(0, i - 10) : i + 10])
+        path = folder / f"page{i:03d}.html"
+        path.write_text(page.html, encoding="utf-8")
+        text = squash(" ".join(d.text for d in load_file(path)))
+        body += sum(len(b.split()) for b in page.body_blocks)
+        kept += sum(len(b.split()) for b in page.body_blocks if b in text)
+        boiler += sum(len(b.split()) for b in page.boilerplate_blocks)
+        leaked += sum(
+            len(b.split())
+            for b in page.boilerplate_blocks
+            if b in text and not any(b in x for x in page.body_blocks)
+        )
+    return len(pages), {
+        "body_words_kept": round(kept / body, 4),
+        "boilerplate_words_leaked": round(leaked / boiler, 4),
+    }
+
+
+def write_pdfs(folder: Path) -> int:
+    """Every FinanceBench filing as a PDF in ``folder`` (one corpus page per PDF page); returns pages."""
+    from tests.format_samples import financebench_filings, text_pdf
+
+    pages = 0
+    for name, filing in financebench_filings(DATA_DIR).items():
+        (folder / f"{name}.pdf").write_bytes(text_pdf([p.text for p in filing], title=name))
+        pages += len(filing)
+    return pages
+
+
+def format_throughput(args: argparse.Namespace) -> None:
+    """``--format html|pdf``: loader pages/s (parse only) and ingest pages/s (parse+chunk+embed+write)."""
+    from rag_app.ingest.loaders import load_paths
+
+    with temp_dir(args.workdir, f"ingest_{args.format}", keep=args.keep) as work:
+        folder = Path(work) / "files"
+        folder.mkdir()
+        quality: dict[str, float] = {}
+        if args.format == "html":
+            pages, quality = write_html_pages(folder, args.pages)
+        else:
+            pages = write_pdfs(folder)
+        t0 = time.perf_counter()
+        loaded = load_paths([folder])
+        parse_s = time.perf_counter() - t0
+        overrides = {"data_dir": Path(work) / "rag", "embedder_precision": args.precision}
+        if args.batch_size:
+            overrides["embed_batch_size"] = args.batch_size
+        settings = Settings(**overrides)
+        embedder = load_embedder(settings)
+        log(f"{pages} {args.format} pages in {loaded.files} files parsed in {parse_s:.1f}s; ingesting")
+        t0 = time.perf_counter()
+        report = ingest_paths(settings, SITE, COLLECTION, [folder], progress=False)
+        ingest_s = time.perf_counter() - t0
+    result = {
+        "format": args.format,
+        "files": loaded.files,
+        "pages": pages,
+        "parse_s": round(parse_s, 2),
+        "parse_pages_per_s": round(pages / parse_s, 1),
+        "chunks": report.chunks_written,
+        "ingest_s": round(ingest_s, 1),
+        "ingest_pages_per_s": round(pages / ingest_s, 2),
+        "chunks_per_s": round(report.chunks_written / ingest_s, 1),
+        **quality,
+        "precision": embedder.precision,
+        "machine": machine_line(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:26s} {value}")
 
 
 if __name__ == "__main__":

@@ -152,3 +152,52 @@ def test_beir_layout_reads_only_the_corpus(tmp_path: Path) -> None:
 def test_split_sections_without_headings() -> None:
     [section] = split_sections("just text\nmore")
     assert section.heading_path == [] and section.text == "just text\nmore"
+
+
+# =================================================================================== front matter
+
+
+def test_front_matter_is_real_yaml(tmp_path: Path) -> None:
+    (tmp_path / "p.md").write_text(
+        "---\n"
+        'title: "Sage: the assistant"\n'
+        "id: 42\n"
+        "date: 2024-03-05\n"
+        "tickers:\n  - nvda\n  - amd\n"
+        "tags: [Product, 'AI, ML']\n"
+        "owner:\n  team: platform\n  oncall: [ana, bo]\n"
+        "note: 'it''s quoted # not a comment'\n"
+        "# a comment line\n"
+        "---\n# Heading\n\nBody.\n"
+    )
+    [doc] = load_paths([tmp_path]).documents
+    assert (doc.id, doc.title, doc.date) == ("42", "Sage: the assistant", dt.date(2024, 3, 5))
+    assert (doc.tickers, doc.tags) == (["NVDA", "AMD"], ["product", "ai, ml"])
+    assert doc.metadata == {
+        "owner": {"team": "platform", "oncall": ["ana", "bo"]},
+        "note": "it's quoted # not a comment",
+    }
+    (tmp_path / "p.md").write_text("---\n---\nNo metadata at all.")
+    [doc] = load_paths([tmp_path]).documents
+    assert doc.text == "No metadata at all."
+
+
+@pytest.mark.parametrize(
+    ("front", "match"),
+    [
+        ("title: ok\ntags: [a, b\nowner: x\n", r"bad\.md:\d+: front matter is not valid YAML"),
+        ("title: ok\n  indented: wrong\n", r"bad\.md:3: front matter is not valid YAML"),
+        ("- a list\n- not a mapping\n", r"bad\.md:2: front matter must be a YAML mapping"),
+        ("date: March 5th\n", r"bad\.md:1: date 'March 5th' is not ISO format"),
+    ],
+)
+def test_malformed_front_matter_names_file_and_line(tmp_path: Path, front: str, match: str) -> None:
+    (tmp_path / "bad.md").write_text(f"---\n{front}---\n# T\n\nBody.\n")
+    with pytest.raises(LoaderError, match=match):
+        load_paths([tmp_path])
+
+
+def test_unclosed_front_matter_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.md").write_text("---\ntitle: never closed\n# T\n")
+    with pytest.raises(LoaderError, match=r"bad\.md:1: front matter starts with '---' but never closes"):
+        load_paths([tmp_path])

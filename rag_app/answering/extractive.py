@@ -55,7 +55,16 @@ def cite_sentence(sentence: str, n: int | Iterable[int]) -> str:
 
 
 def passage_citation(n: int, passage: Passage, quote: str) -> Citation:
-    """The citation ``[n]`` of ``passage``, quoting ``quote`` from it."""
+    """The citation ``[n]`` of ``passage``, quoting ``quote`` from it.
+
+    Its offsets say where to highlight in the source document: the quote's own characters when the
+    quote is a verbatim part of the passage (``start_char``/``end_char`` then frame exactly it), else
+    the whole passage's; its pages are the passage's. Null when the passage has no offsets.
+    """
+    start, end = passage.start_char, passage.end_char
+    at = passage.text.find(quote) if quote else -1
+    if start is not None and at >= 0:
+        start, end = start + at, start + at + len(quote)
     return Citation(
         index=n,
         passage_id=passage.id,
@@ -63,6 +72,10 @@ def passage_citation(n: int, passage: Passage, quote: str) -> Citation:
         title=passage.title,
         source=passage.source,
         quote=quote,
+        start_char=start,
+        end_char=end,
+        page_start=passage.page_start,
+        page_end=passage.page_end,
     )
 
 

@@ -12,10 +12,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Section(BaseModel):
-    """A part of a document under one heading path; chunks never straddle two sections."""
+    """A part of a document under one heading path; chunks never straddle two sections.
+
+    ``start`` is where ``text`` begins in the document's ``text`` (loaders that slice the document set
+    it; without it chunking finds the section there); ``page`` is the 1-based page it is on (PDFs).
+    """
 
     heading_path: list[str] = Field(default_factory=list)
     text: str
+    start: int | None = Field(None, ge=0, description="Offset of the section in Document.text.")
+    page: int | None = Field(None, ge=1, description="1-based page number (PDFs); null otherwise.")
+
+
+class Span(BaseModel):
+    """Where a piece of text lies in its document: character offsets into ``Document.text`` (what the
+    loader extracted; ``text[start_char:end_char]`` is the piece) and, for PDFs, its first and last page.
+    Null when unknown (a table written before offsets existed, or a section not found in the text)."""
+
+    start_char: int | None = Field(None, description="Offset of the first character in the document text.")
+    end_char: int | None = Field(None, description="Offset just past the last character (exclusive).")
+    page_start: int | None = Field(None, description="1-based page the text starts on (PDFs only).")
+    page_end: int | None = Field(None, description="1-based page the text ends on (PDFs only).")
 
 
 class Document(BaseModel):
@@ -31,11 +48,12 @@ class Document(BaseModel):
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     sections: list[Section] = Field(
-        default_factory=list, description="Markdown sections; empty means the whole text is one section."
+        default_factory=list,
+        description="Sections (Markdown/HTML/DOCX headings, PDF pages); empty means the whole text is one.",
     )
 
 
-class Chunk(BaseModel):
+class Chunk(Span):
     """A token-bounded piece of a document: the unit that is embedded, stored and retrieved."""
 
     id: str = Field(description="Stable id derived from the document id and the chunk's content.")
@@ -71,7 +89,7 @@ class SearchFilters(BaseModel):
         return not (self.date_from or self.date_to or self.tickers or self.tags or self.doc_ids)
 
 
-class Passage(BaseModel):
+class Passage(Span):
     """A retrieved chunk with its scores, as handed to rerankers, programs and callers.
 
     ``score`` is the score of the last stage that ordered the list (retrieval, or rerank when
@@ -95,7 +113,7 @@ class Passage(BaseModel):
     reranked: bool = False
 
 
-class Citation(BaseModel):
+class Citation(Span):
     """A numbered reference in an answer (``[1]``) resolved to the passage it names."""
 
     index: int = Field(ge=1)

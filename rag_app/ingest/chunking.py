@@ -1,9 +1,13 @@
 """Documents -> Chunks: token-aware windows with overlap, and ids that depend only on content.
 
 Sizes are counted with the embedder's own tokenizer, so a "256-token" chunk really fits the model
-instead of being silently truncated at embed time. A chunk never straddles two Markdown sections and
-tries to end at a sentence or line break. Ids are hashes of (document id, heading path, text), so
-re-ingesting the same files produces the same ids and adds nothing.
+instead of being silently truncated at embed time. A chunk never straddles two sections (headings,
+PDF pages) and tries to end at a sentence or line break. Ids are hashes of (document id, heading
+path, text), so re-ingesting the same files produces the same ids and adds nothing.
+
+Every chunk records where it lies in ``Document.text`` so a site can highlight the evidence:
+``doc.text[chunk.start_char:chunk.end_char] == chunk.text`` exactly (a chunk is its window with the
+surrounding white space stripped, and a section is a slice of the text), and, for a PDF, its page.
 
 Chunking streams: a text is tokenized in segments of :data:`SEGMENT_CHARS` characters cut at
 whitespace, and windows are cut from a bounded buffer of token spans, so a 50 MB document never has
@@ -86,17 +90,22 @@ def iter_chunks(
     doc_hash = document_hash(doc, fingerprint)
     seen: dict[bytes, int] = {}  # digest of (doc, heading path, text) -> occurrences so far
     index = 0
+    cursor = 0  # where the next section is looked for in doc.text (sections come in text order)
     for section in _sections(doc):
+        base = section_offset(doc.text, section, cursor)
+        if base is not None:
+            cursor = base + len(section.text)
         header = chunk_header(doc.title, section.heading_path)
         budget = chunk_tokens
         if max_input_tokens:
             header_tokens = len(tokenizer.token_spans(header)) + 1 if header else 0
             budget = min(budget, max_input_tokens - header_tokens - SPECIAL_TOKENS_RESERVE)
         budget = max(budget, MIN_BODY_TOKENS)
-        pieces = iter_pieces(
+        spans = iter_piece_spans(
             section.text, tokenizer, budget, min(overlap, budget // 2), segment_chars=segment_chars
         )
-        for piece in pieces:
+        for start, end in spans:
+            piece = section.text[start:end]
             key = f"{doc.id}\x00{json.dumps(section.heading_path)}\x00{piece}"
             digest = hashlib.sha1(key.encode()).digest()
             occurrence = seen.get(digest, 0)
@@ -117,19 +126,46 @@ def iter_chunks(
                 tickers=doc.tickers,
                 tags=doc.tags,
                 metadata=doc.metadata,
+                start_char=None if base is None else base + start,
+                end_char=None if base is None else base + end,
+                page_start=section.page,
+                page_end=section.page,
             )
             index += 1
+
+
+def section_offset(text: str, section: Section, cursor: int = 0) -> int | None:
+    """Where ``section`` lies in the document ``text``: its recorded ``start`` when that is right,
+    else its first occurrence at or after ``cursor``; None when the text does not contain it (a
+    hand-built Document whose sections are not slices of its text): its chunks then have no offsets."""
+    if section.start is not None and text.startswith(section.text, section.start):
+        return section.start
+    found = text.find(section.text, cursor)
+    if found < 0 and cursor:
+        found = text.find(section.text)
+    return found if found >= 0 else None
 
 
 def iter_pieces(
     text: str, tokenizer: Tokenizer, budget: int, overlap: int, *, segment_chars: int = SEGMENT_CHARS
 ) -> Iterator[str]:
-    """Windows of at most ``budget`` tokens over ``text``, preferring to end at a sentence break.
+    """The chunk texts of :func:`iter_piece_spans` (``text[start:end]`` for each span)."""
+    for start, end in iter_piece_spans(text, tokenizer, budget, overlap, segment_chars=segment_chars):
+        yield text[start:end]
+
+
+def iter_piece_spans(
+    text: str, tokenizer: Tokenizer, budget: int, overlap: int, *, segment_chars: int = SEGMENT_CHARS
+) -> Iterator[tuple[int, int]]:
+    """(start, end) offsets in ``text`` of windows of at most ``budget`` tokens, preferring to end at a
+    sentence break. ``text[start:end]`` is the chunk text: the window with its surrounding white space
+    stripped (never empty), so offsets point at exactly the characters the chunk holds.
 
     Windows are cut from a bounded buffer of token spans that always holds the window being cut plus
     one token of look-ahead (what the sentence-break rule reads), so they are exactly the windows of
     tokenizing the whole text at once.
     """
+    lead = len(text) - len(text.lstrip())
     text = text.strip()
     if not text:
         return
@@ -148,7 +184,7 @@ def iter_pieces(
 
     fill(budget + 1)
     if done and len(spans) <= budget:
-        yield text
+        yield lead, lead + len(text)
         return
     start = 0
     while start < len(spans):
@@ -157,9 +193,12 @@ def iter_pieces(
         last = done and end >= len(spans)
         if not last:
             end = _sentence_break(text, spans, start, end)
-        piece = text[spans[start][0] : spans[end - 1][1]].strip()
-        if piece:
-            yield piece
+        a, b = spans[start][0], spans[end - 1][1]
+        window = text[a:b]
+        stripped = window.strip()
+        if stripped:
+            a += len(window) - len(window.lstrip())
+            yield lead + a, lead + a + len(stripped)
         if last:
             break
         start = max(end - overlap, start + 1)

@@ -25,6 +25,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
+from rag_app.answering.extractive import passage_citation
 from rag_app.answering.registry import program_class
 from rag_app.core.errors import RagError, validation_message
 from rag_app.core.settings import SearchMode, Settings
@@ -176,10 +177,7 @@ def _with_site_enum(tool: Tool, sites: Sequence[str]) -> Tool:
 
 
 def _citations(passages: Sequence[Passage]) -> list[Citation]:
-    return [
-        Citation(index=i, passage_id=p.id, doc_id=p.doc_id, title=p.title, source=p.source)
-        for i, p in enumerate(passages, start=1)
-    ]
+    return [passage_citation(i, p, "") for i, p in enumerate(passages, start=1)]
 
 
 def build_tools(host: ToolHost) -> list[Tool]:

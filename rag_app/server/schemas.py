@@ -112,7 +112,11 @@ class ChatRequest(BaseModel):
 
 class ChatResponse(BaseModel):
     answer: str
-    citations: list[Citation] = Field(default_factory=list)
+    citations: list[Citation] = Field(
+        default_factory=list,
+        description="[n] markers resolved to passages; start_char/end_char frame the quote in the source "
+        "document when it is verbatim (else the whole passage), page_start/page_end its PDF pages.",
+    )
     passages: list[Passage] = Field(default_factory=list)
     mode: AnswerMode
     timings: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
@@ -160,7 +164,9 @@ class SearchResponse(BaseModel):
     reranked: bool = Field(description="False when the reranker is unavailable and retrieval order was kept.")
     reranker: str = Field("", description="Which reranker scored the passages.")
     passages: list[Passage] = Field(
-        description="Best first; retrieval_score/retrieval_rank and rerank_score/relevance on each."
+        description="Best first; retrieval_score/retrieval_rank and rerank_score/relevance on each, and "
+        "where each lies in its document: start_char/end_char (offsets in the document's extracted text, "
+        "null for tables indexed before offsets existed) and page_start/page_end (PDF pages, else null)."
     )
     timings: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
     notes: list[str] = Field(default_factory=list)

@@ -18,7 +18,12 @@ import pyarrow as pa
 from rag_app.core.errors import EmbedderMismatchError
 from rag_app.core.types import Chunk
 
-SCHEMA_VERSION = "1"
+#: "2" added the chunk's place in its document: start_char, end_char, page_start, page_end (nullable).
+#: Tables written by "1" lack those columns; they stay readable (the columns read as null) and writable
+#: (rows are built in the table's own schema), and re-indexing into a fresh table fills them.
+SCHEMA_VERSION = "2"
+#: Columns added by schema 2 (int32, nullable).
+OFFSET_COLUMNS = ("start_char", "end_char", "page_start", "page_end")
 META_MODEL = b"rag.embedder_model"
 META_DIM = b"rag.dimension"
 META_SCHEMA = b"rag.schema_version"
@@ -48,6 +53,7 @@ def chunk_schema(dimension: int, model_id: str) -> pa.Schema:
             pa.field("tickers", pa.list_(pa.string())),
             pa.field("tags", pa.list_(pa.string())),
             pa.field("metadata_json", pa.string()),
+            *(pa.field(name, pa.int32(), nullable=True) for name in OFFSET_COLUMNS),
             pa.field("vector", pa.list_(pa.float32(), dimension)),
         ],
         metadata={
@@ -62,6 +68,9 @@ def chunks_to_table(
     chunks: Sequence[Chunk], search_texts: Sequence[str], vectors: np.ndarray, schema: pa.Schema
 ) -> pa.Table:
     """Arrow rows for a batch of chunks, in the table's schema (so types never drift).
+
+    Only the schema's columns are built: a table written by an older schema version (without the
+    offset columns) is written in its own shape, and the chunks' offsets are left out.
 
     The vectors go in as one fixed-size-list array built from the float32 matrix (no Python list of
     floats per row): a batch's rows cost about what their Arrow buffers do.
@@ -82,6 +91,7 @@ def chunks_to_table(
         "tickers": [c.tickers for c in chunks],
         "tags": [c.tags for c in chunks],
         "metadata_json": [json.dumps(c.metadata, default=str, sort_keys=True) for c in chunks],
+        **{name: [getattr(c, name) for c in chunks] for name in OFFSET_COLUMNS},
     }
     if len(search_texts) != len(chunks) or len(vectors) != len(chunks):
         raise ValueError(f"{len(chunks)} chunks, {len(search_texts)} search texts and {len(vectors)} vectors")

@@ -19,7 +19,7 @@ import numpy as np
 from rag_app.core.errors import InputError
 from rag_app.core.settings import SearchMode
 from rag_app.core.types import Passage, SearchFilters
-from rag_app.store.schema import FTS_COLUMN, check_embedder
+from rag_app.store.schema import FTS_COLUMN, OFFSET_COLUMNS, check_embedder
 from rag_app.store.sql import filter_sql
 
 log = logging.getLogger("rag_app.store.search")
@@ -39,6 +39,7 @@ RESULT_COLUMNS = [
     "tickers",
     "tags",
     "metadata_json",
+    *OFFSET_COLUMNS,
 ]
 
 
@@ -84,7 +85,7 @@ def vector_query(
     table: Any, vector: np.ndarray, k: int, where: str | None, *, ann_ef: int
 ) -> list[dict[str, Any]]:
     query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-    query = query.distance_type("cosine").select([*RESULT_COLUMNS, "_distance"]).limit(k)
+    query = query.distance_type("cosine").select([*result_columns(table), "_distance"]).limit(k)
     query = query.ef(max(ann_ef, k))  # LanceDB's default (1.5 x k) loses recall
     if where:
         query = query.where(where, prefilter=True)
@@ -96,7 +97,7 @@ def vector_query(
 
 def fts_query(table: Any, text: str, k: int, where: str | None) -> list[dict[str, Any]]:
     query = table.search(fts_query_text(text), query_type="fts", fts_columns=FTS_COLUMN)
-    query = query.select([*RESULT_COLUMNS, "_score"]).limit(k)
+    query = query.select([*result_columns(table), "_score"]).limit(k)
     if where:
         query = query.where(where, prefilter=True)
     try:
@@ -104,6 +105,13 @@ def fts_query(table: Any, text: str, k: int, where: str | None) -> list[dict[str
     except ValueError as exc:  # a query with no searchable terms, e.g. only stop words
         log.info("full-text search returned nothing for %r: %s", text[:80], exc)
         return []
+
+
+def result_columns(table: Any) -> list[str]:
+    """:data:`RESULT_COLUMNS` that ``table`` has: a table written by schema 1 has no offset columns
+    (its passages then carry null offsets instead of the query failing)."""
+    names = set(table.schema.names)
+    return [c for c in RESULT_COLUMNS if c in names]
 
 
 def fts_query_text(text: str) -> str:
@@ -159,4 +167,5 @@ def _to_passage(row: dict[str, Any], rank: int) -> Passage:
         metadata=metadata,
         retrieval_rank=rank,
         retrieval_score=score,
+        **{name: row.get(name) for name in OFFSET_COLUMNS},
     )

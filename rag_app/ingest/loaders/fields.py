@@ -14,7 +14,7 @@ from typing import Any
 from rag_app.core.errors import LoaderError
 
 
-def typed_fields(meta: dict[str, Any], *, path: Path, line: int | None) -> dict[str, Any]:
+def typed_fields(meta: dict[str, Any], *, path: Path | str, line: int | None) -> dict[str, Any]:
     """Pull date, tickers and tags out of free metadata with their proper types."""
     meta = dict(meta)
     date = parse_date(meta.pop("date", None), path=path, line=line)
@@ -23,7 +23,7 @@ def typed_fields(meta: dict[str, Any], *, path: Path, line: int | None) -> dict[
     return {"date": date, "tickers": tickers, "tags": tags, "metadata": meta}
 
 
-def parse_date(value: Any, *, path: Path, line: int | None) -> dt.date | None:
+def parse_date(value: Any, *, path: Path | str, line: int | None) -> dt.date | None:
     if value in (None, ""):
         return None
     if isinstance(value, dt.datetime):

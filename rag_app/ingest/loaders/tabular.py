@@ -30,8 +30,13 @@ DEFAULT_CSV_COLUMNS = {
 }
 
 
-def parse_jsonl(text: str, *, path: Path) -> Iterator[Document | LoaderError]:
-    """Records with ``id``/``_id``, ``title``, ``text``; other fields and ``metadata`` become metadata."""
+def parse_jsonl(
+    text: str, *, path: Path | str, source: str | None = None
+) -> Iterator[Document | LoaderError]:
+    """Records with ``id``/``_id``, ``title``, ``text``; other fields and ``metadata`` become metadata.
+
+    ``source`` (default: ``path``) is recorded on records that name no ``url``/``source`` of their own.
+    """
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -44,13 +49,13 @@ def parse_jsonl(text: str, *, path: Path) -> Iterator[Document | LoaderError]:
             yield LoaderError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
             continue
         try:
-            yield record_to_document(record, path=path, line=number)
+            yield record_to_document(record, path=path, line=number, source=source)
         except LoaderError as exc:
             yield exc
 
 
 def parse_csv(
-    text: str, *, path: Path, columns: dict[str, str] | None = None
+    text: str, *, path: Path | str, columns: dict[str, str] | None = None, source: str | None = None
 ) -> Iterator[Document | LoaderError]:
     """CSV with a header. ``columns`` maps our fields (id, title, text, date, tickers, tags) to headers.
 
@@ -88,12 +93,14 @@ def parse_csv(
             else:
                 record[key] = cell
         try:
-            yield record_to_document(record, path=path, line=number)
+            yield record_to_document(record, path=path, line=number, source=source)
         except LoaderError as exc:
             yield exc
 
 
-def record_to_document(record: dict[str, Any], *, path: Path, line: int | None) -> Document:
+def record_to_document(
+    record: dict[str, Any], *, path: Path | str, line: int | None, source: str | None = None
+) -> Document:
     """One JSONL/CSV record -> a Document; a missing id or empty text is an error naming the line."""
     raw_id = record.get("id", record.get("_id"))
     if raw_id is None or str(raw_id).strip() == "":
@@ -108,8 +115,8 @@ def record_to_document(record: dict[str, Any], *, path: Path, line: int | None) 
     for key in ("date", "tickers", "tags"):
         if key in record:
             meta[key] = record[key]
-    source = record.get("url") or record.get("source") or nested.get("url") or str(path)
+    own = record.get("url") or record.get("source") or nested.get("url") or source or str(path)
     fields = typed_fields(meta, path=path, line=line)
     return Document(
-        id=str(raw_id), title=str(record.get("title") or ""), text=text.strip(), source=str(source), **fields
+        id=str(raw_id), title=str(record.get("title") or ""), text=text.strip(), source=str(own), **fields
     )
