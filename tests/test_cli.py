@@ -296,6 +296,7 @@ def test_keys_lifecycle_and_serve_refuses_open_public_bind(tmp_path: Path) -> No
         {
             "name": "chat",
             "sites": ["builddaily", "sagedaily"],
+            "scopes": ["read"],
             "created_at": json.loads(listed.stdout)[0]["created_at"],
         }
     ]

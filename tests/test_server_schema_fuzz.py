@@ -13,6 +13,7 @@ announce a 422 for them.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,15 @@ MAX_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
-def live(sample_index_dir: Path, tiny_path: Path) -> Iterator[LiveServer]:
+def live(
+    sample_index_dir: Path, tiny_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    # the document routes write (POST, DELETE): fuzz a copy, never the session's shared sample index
+    data_dir = tmp_path_factory.mktemp("fuzz") / "index"
+    shutil.copytree(sample_index_dir, data_dir)
     # a real (tiny) cross-encoder: /v1/rerank answers 503 without weights, which the no-5xx check forbids
     settings = make_test_settings(
-        sample_index_dir,
+        data_dir,
         max_history_turns=5,
         max_message_chars=400,
         reranker_model=str(tiny_path),

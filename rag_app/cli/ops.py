@@ -45,6 +45,14 @@ def serve(
 def keys_add(
     name: Annotated[str, typer.Option("--name", help="A name for the key (e.g. the calling site).")],
     sites: Annotated[str, typer.Option("--sites", help="Comma-separated sites the key may use, or '*'.")],
+    scopes: Annotated[
+        str,
+        typer.Option(
+            "--scopes",
+            help="Comma-separated: read (search, ask, list documents), write (add and delete documents "
+            "over HTTP; includes read).",
+        ),
+    ] = "read",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -52,7 +60,10 @@ def keys_add(
     from rag_app.server.auth import add_key
 
     key = add_key(
-        load_settings(config, data_dir=data_dir), name, [s.strip() for s in sites.split(",") if s.strip()]
+        load_settings(config, data_dir=data_dir),
+        name,
+        [s.strip() for s in sites.split(",") if s.strip()],
+        scopes.split(","),
     )
     err_console.print(f"created key {name!r}; it is shown once, store it now:")
     sys.stdout.write(key + "\n")
@@ -60,15 +71,23 @@ def keys_add(
 
 @handle_errors
 def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Key names, their sites and creation dates (never the keys)."""
+    """Key names, their sites, scopes and creation dates (never the keys)."""
     from rag_app.server.auth import list_keys
 
     keys = list_keys(load_settings(config, data_dir=data_dir))
     if as_json:
-        print_json([{"name": k.name, "sites": list(k.sites), "created_at": k.created_at} for k in keys])
+        print_json(
+            [
+                {"name": k.name, "sites": list(k.sites), "scopes": list(k.scopes), "created_at": k.created_at}
+                for k in keys
+            ]
+        )
         return
     for k in keys:
-        console.print(f"{k.name}\tsites={','.join(k.sites)}\tcreated={k.created_at}", highlight=False)
+        console.print(
+            f"{k.name}\tsites={','.join(k.sites)}\tscopes={','.join(k.scopes)}\tcreated={k.created_at}",
+            highlight=False,
+        )
     if not keys:
         console.print("no keys: the server runs without auth and binds to loopback only")
 

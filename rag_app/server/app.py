@@ -7,6 +7,8 @@ Routes (one router module each, under :mod:`rag_app.server.routes`)
     ``POST /v1/chat/completions``            OpenAI-compatible chat (models: ``GET /v1/models``)
     ``POST /v1/rerank``                      the reranker as a service (Cohere/Infinity shape)
     ``POST /v1/feedback``                    rate an answer by its request id (feeds eval and optimize)
+    ``POST|GET /v1/sites/{s}/collections/{c}/documents``  ingest (202 + job id), list; ``DELETE .../{id}``
+    ``GET  /v1/jobs/{id}``                   an ingest job's status and per-document results
     ``POST /mcp``                            MCP tools list_sites, search, ask (streamable HTTP; bearer key)
     ``GET  /v1/programs``                    the programs this key may call
     ``GET  /healthz``                        the process is up (always open)
@@ -36,10 +38,11 @@ from rag_app.server.mcp_http import McpEndpoint
 from rag_app.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from rag_app.server.openai_errors import OpenAIErrorShapeMiddleware
 from rag_app.server.openapi import install_components
-from rag_app.server.routes import chat, feedback, ops, programs, rerank, search
+from rag_app.server.routes import chat, documents, feedback, ops, programs, rerank, search
 from rag_app.server.routes import openai_chat as openai
 from rag_app.server.schemas import ErrorResponse
 from rag_app.server.state import ServerState
+from rag_app.server.uploads import is_upload_path
 
 log = logging.getLogger("rag_app.server")
 
@@ -88,7 +91,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
     app.state.rag = state  # what the routes' ``State`` dependency reads
     add_error_handlers(app)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, is_upload=is_upload_path)
     app.add_middleware(RequestContextMiddleware, state=state)
     app.add_middleware(OpenAIErrorShapeMiddleware)  # OpenAI's error shape on the OpenAI routes only
     if settings.cors_origins:
@@ -116,6 +119,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
     app.include_router(openai.router)
     app.include_router(rerank.router)
     app.include_router(feedback.feedback_router(state))
+    app.include_router(documents.documents_router(state))  # its lifespan closes the ingest jobs
     app.router.routes.append(mcp.route)
     install_components(app, components, auth_required=lambda: state.keys.required)
     return app

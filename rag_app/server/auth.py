@@ -2,8 +2,14 @@
 
 Keys are random (``secrets.token_urlsafe``), shown once by :func:`add_key`, and never stored: the keys
 file (``settings.keys_file``, mode 0600, replaced atomically) holds a salted SHA-256 of each key with
-its name, the sites it may query and when it was made. A key looks like ``rag-<id>-<secret>``; the id
-finds the record without hashing every stored key, the digest comparison is constant-time.
+its name, the sites it may use, its scopes and when it was made. A key looks like
+``rag-<id>-<secret>``; the id finds the record without hashing every stored key, the digest
+comparison is constant-time.
+
+Scopes: ``read`` (search, ask, list documents: what every key could do before scopes existed) and
+``write`` (add and delete documents over HTTP; it includes ``read``). A key entry without a
+``scopes`` field (every key file written before scopes) is read-only, so upgrading never widens what
+an existing key may do.
 
 With no keys created, auth is off: :func:`rag_app.server.run.serve` then refuses any non-loopback host.
 Once a running server has seen a key, it keeps requiring one even if every key is later revoked.
@@ -34,6 +40,10 @@ log = logging.getLogger("rag_app.server.auth")
 KEY_PREFIX = "rag-"
 _ID_HEX = 12  # characters of the key id (6 random bytes)
 ALL_SITES = "*"
+#: What a key may do on its sites; ``write`` includes ``read``.
+SCOPES = ("read", "write")
+#: The scopes of a key entry that names none (key files from before scopes existed): read-only.
+LEGACY_SCOPES = ("read",)
 _FORMAT_VERSION = 1
 _NAME_MAX = 64
 
@@ -52,9 +62,15 @@ class KeyInfo:
     sites: tuple[str, ...]
     created_at: str
     key_id: str
+    scopes: tuple[str, ...] = LEGACY_SCOPES
 
     def allows(self, site: str) -> bool:
+        """May read ``site`` (every key reads its sites)."""
         return ALL_SITES in self.sites or site in self.sites
+
+    def can_write(self, site: str) -> bool:
+        """May add and delete documents of ``site``."""
+        return "write" in self.scopes and self.allows(site)
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,7 @@ def _parse(path: Path, raw: list[dict[str, Any]]) -> list[_Record]:
                 sites=tuple(item["sites"]),
                 created_at=str(item["created_at"]),
                 key_id=str(item["key_id"]),
+                scopes=_stored_scopes(item.get("scopes", list(LEGACY_SCOPES))),
             )
             records.append(_Record(info, bytes.fromhex(item["salt"]), bytes.fromhex(item["hash"])))
         except (KeyError, TypeError, ValueError) as exc:
@@ -147,6 +164,24 @@ def _check_sites(settings: Settings, sites: Sequence[str]) -> tuple[str, ...]:
     return sites
 
 
+def _stored_scopes(value: Any) -> tuple[str, ...]:
+    """A key entry's scopes, checked (a hand-edited file with an unknown scope is refused, not widened)."""
+    if not isinstance(value, list) or not value or any(s not in SCOPES for s in value):
+        raise ValueError(f"scopes must be a non-empty list of {', '.join(SCOPES)}; got {value!r}")
+    return tuple(s for s in SCOPES if s in value or (s == "read" and "write" in value))
+
+
+def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
+    """``scopes`` as stored (known ones, in a fixed order; ``write`` brings ``read``); an
+    :class:`InputError` naming the unknown ones otherwise."""
+    wanted = [s.strip().lower() for s in scopes if s and s.strip()]
+    unknown = [s for s in wanted if s not in SCOPES]
+    if unknown or not wanted:
+        got = f"unknown scope(s) {', '.join(map(repr, unknown))}" if unknown else "no scope given"
+        raise InputError(f"{got}; use a comma-separated list of: {', '.join(SCOPES)} (write includes read)")
+    return _stored_scopes(wanted)
+
+
 def _check_name(name: str) -> str:
     name = (name or "").strip()
     if not name:
@@ -156,10 +191,14 @@ def _check_name(name: str) -> str:
     return name
 
 
-def add_key(settings: Settings, name: str, sites: Sequence[str]) -> str:
-    """Create a key named ``name`` scoped to ``sites`` (``["*"]`` = all); return it (shown only once)."""
+def add_key(
+    settings: Settings, name: str, sites: Sequence[str], scopes: Sequence[str] = LEGACY_SCOPES
+) -> str:
+    """Create a key named ``name`` for ``sites`` (``["*"]`` = all) with ``scopes`` (default read-only);
+    return it (shown only once)."""
     name = _check_name(name)
     sites = _check_sites(settings, sites)
+    stored_scopes = check_scopes(scopes)
     path = settings.keys_file
     with _locked(path):
         raw = _read_raw(path)
@@ -179,6 +218,7 @@ def add_key(settings: Settings, name: str, sites: Sequence[str]) -> str:
             {
                 "name": name,
                 "sites": list(sites),
+                "scopes": list(stored_scopes),
                 "key_id": key_id,
                 "salt": salt.hex(),
                 "hash": _hash(salt, key).hex(),
@@ -215,7 +255,7 @@ def revoke_key(settings: Settings, name: str) -> KeyInfo:
 
 
 class AuthError(Exception):
-    """Raised by :class:`KeyChecker`: no valid key (401)."""
+    """No valid key (401, from :class:`KeyChecker`), or a key without the scope a write needs (403)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -285,3 +325,24 @@ class KeyChecker:
         if not hmac.compare_digest(_hash(salt, token), digest) or record is None:
             raise AuthError(401, "unauthorized", "invalid API key")
         return record.info
+
+
+def check_write(key: KeyInfo | None, site: str) -> None:
+    """Refuse (403) a write to ``site`` by a key without the ``write`` scope for it. ``key`` None means
+    auth is off (no keys: the server serves loopback only), where writes are allowed as reads are."""
+    if key is None:
+        return
+    if not key.allows(site):
+        raise AuthError(
+            403,
+            "forbidden",
+            f"this API key ({key.name!r}) may not use site {site!r}; it is scoped to: {', '.join(key.sites)}",
+        )
+    if not key.can_write(site):
+        raise AuthError(
+            403,
+            "forbidden",
+            f"this API key ({key.name!r}) is read-only (scopes: {', '.join(key.scopes)}); adding or deleting "
+            f"documents of site {site!r} needs a key with the 'write' scope: `rag-app keys add --name NAME "
+            f"--sites {site} --scopes read,write`",
+        )

@@ -30,23 +30,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rag_app.core.settings import Settings
 from rag_app.server.feedback_records import FeedbackRecord, LoggedAnswer, ProgramStats, is_gold
+from rag_app.server.sqlite_file import SqliteFile, Synchronous
+from rag_app.server.sqlite_file import dumps as _dumps
+from rag_app.server.sqlite_file import loads as _loads
 
 __all__ = ["STORE_FILE", "FeedbackRecord", "FeedbackStore", "LoggedAnswer", "ProgramStats", "is_gold"]
 
 #: The file name of the store under ``settings.data_dir``.
 STORE_FILE = "feedback.sqlite"
 _DAY_S = 86400.0
-_BUSY_TIMEOUT_MS = 30000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -91,7 +90,7 @@ class FeedbackStore:
             raise ValueError(f"ttl_days must be positive, got {ttl_days}")
         self.path = Path(path)
         self.ttl_s = ttl_days * _DAY_S
-        self._local = threading.local()
+        self.db = SqliteFile(self.path, _SCHEMA)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeedbackStore:
@@ -100,42 +99,14 @@ class FeedbackStore:
 
     # ------------------------------------------------------------------------------ connections
     def _connect(self) -> sqlite3.Connection:
-        """This thread's connection (opened once per thread and process: closing the last connection
-        of a WAL database checkpoints it, which would cost an fsync on every operation)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file; a no-op once set
-        conn.executescript(_SCHEMA)
-        self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self.db.connect()
 
-    @contextlib.contextmanager
-    def _write(self, *, synchronous: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction. ``BEGIN IMMEDIATE`` takes the write lock up front, so two processes
-        never both read and then both try to upgrade (which SQLite answers with SQLITE_BUSY).
-        ``synchronous``: FULL makes the commit survive a power loss; NORMAL (in WAL mode) survives a
-        crash of the process but may lose the last commits on power loss, for far fewer fsyncs."""
-        conn = self._connect()
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _write(self, *, synchronous: Synchronous) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self.db.write(synchronous=synchronous)
 
     def close(self) -> None:
         """Close the calling thread's connection (others close with their threads)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()
 
     # ------------------------------------------------------------------------------ answers
     def record_answer(self, answer: LoggedAnswer) -> bool:
@@ -292,11 +263,3 @@ def _where(**conditions: Any) -> tuple[str, tuple[Any, ...]]:
     parts = [(columns[name], value) for name, value in conditions.items() if value is not None]
     clause = " AND ".join(text for text, _ in parts)
     return (f"WHERE {clause}" if parts else ""), tuple(value for _, value in parts)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _loads(text: str | None, empty: Any) -> Any:  # a tombstone's content columns are NULL
-    return empty if text is None else json.loads(text)

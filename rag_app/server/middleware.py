@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -167,11 +167,18 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over ``max_body_bytes``: by Content-Length up front, else while reading the stream."""
+    """413 for bodies over ``max_body_bytes``: by Content-Length up front, else while reading the stream.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Uploads (the paths ``is_upload`` accepts: HTTP ingest) pass through unbuffered: their route bounds
+    them by ``max_upload_bytes`` (413) while it streams them to disk (:mod:`rag_app.server.uploads`).
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, *, is_upload: Callable[[str], bool] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.is_upload = is_upload
 
     def _too_large(self, size: int | None) -> ApiError:
         got = f"{size} bytes" if size is not None else "larger than that"
@@ -184,6 +191,9 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
             await self.app(scope, receive, send)
+            return
+        if self.is_upload is not None and self.is_upload(scope["path"]):
+            await self.app(scope, receive, send)  # the route bounds it by max_upload_bytes (413)
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
