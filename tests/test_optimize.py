@@ -265,9 +265,10 @@ def test_retrieval_search_resumes_after_an_interrupt_and_the_retriever_uses_it(
         if done == 5:
             raise Interrupt
 
+    plain = {"docs": ("chunks",)}  # the document options have their own test below
     with pytest.raises(Interrupt):
         search_retrieval_config(
-            settings, "builddaily", dev, limit=6, progress=False, on_trial=stop_after_five
+            settings, "builddaily", dev, limit=6, progress=False, on_trial=stop_after_five, **plain
         )
     checkpoint = programs_dir / "builddaily" / CHECKPOINT_NAME
     assert len(checkpoint.read_text().splitlines()) == 5
@@ -281,15 +282,18 @@ def test_retrieval_search_resumes_after_an_interrupt_and_the_retriever_uses_it(
         limit=6,
         progress=False,
         on_trial=lambda done, total, r, best: seen.append((done, r.trial)),
+        **plain,
     )
     assert result.resumed == 5 and result.ran == 13 and [d for d, _ in seen] == list(range(6, 19))
-    first_five = trial_grid()[:5]
+    first_five = trial_grid(docs=("chunks",))[:5]
     assert not {t for _, t in seen} & set(first_five)
 
     saved = json.loads(result.path.read_text())
     assert result.path == programs_dir / "builddaily" / "retrieval.json"
     assert len(saved["trials"]) == 18
-    assert {(t["k"], t["mode"], t["rerank"]) for t in saved["trials"]} == {t.as_key() for t in trial_grid()}
+    assert {(t["k"], t["mode"], t["rerank"], t["docs"], t["rewrite"]) for t in saved["trials"]} == {
+        t.as_key() for t in trial_grid(docs=("chunks",))
+    }
     assert saved["best"]["metric"] == "ndcg@10" and saved["dataset_hash"] and saved["date"]
     assert "git_commit" in saved and saved["n_queries"] == 6
     assert all(set(t["metrics"]) >= {"ndcg@10", "recall@5", "recall@20", "mrr@5"} for t in saved["trials"])
@@ -306,8 +310,46 @@ def test_retrieval_search_resumes_after_an_interrupt_and_the_retriever_uses_it(
     assert (retriever.default_k, retriever.default_mode) != (25, "vector")
 
     # Everything is checkpointed now: a rerun runs nothing, and gives the same best.
-    again = search_retrieval_config(settings, "builddaily", dev, limit=6, progress=False)
+    again = search_retrieval_config(settings, "builddaily", dev, limit=6, progress=False, **plain)
     assert again.ran == 0 and again.resumed == 18 and again.payload["best"] == saved["best"]
+
+
+def test_retrieval_search_learns_document_options_and_query_rewrites(
+    index_dir: Path, programs_dir: Path
+) -> None:
+    settings = make_settings(index_dir, programs_dir)
+    dev = EVAL / "builddaily.jsonl"
+    one = {"ks": (10,), "modes": ("fts",), "reranks": (False,), "limit": 4, "progress": False}
+    result = search_retrieval_config(settings, "builddaily", dev, **one)
+    assert [r.trial.docs for r in result.trials] == ["chunks", "cap2", "doc"]
+    assert {r.trial.rewrite for r in result.trials} == {"none"}
+    assert any("no LM configured" in n for n in result.notes)
+    best = json.loads(result.path.read_text())["best"]
+    assert {"doc_signals", "max_chunks_per_doc", "rewrite"} <= set(best)
+    retriever = LanceDBRetriever(settings, "builddaily")
+    assert (retriever.doc_signals, retriever.max_chunks_per_doc) == (
+        best["doc_signals"],
+        best["max_chunks_per_doc"],
+    )
+
+    # With an LM the rewrites run: multi-query asks it for alternatives (a DummyLM stands in for it).
+    lm = DummyLM([{"queries": '["price of the team plan", "cost per seat"]'}] * 4)
+    rewritten = search_retrieval_config(
+        settings, "builddaily", dev, docs=("chunks",), rewrites=("none", "multi"), lm=lm, **one
+    )
+    assert [r.trial.rewrite for r in rewritten.trials] == ["none", "multi"]
+    assert len(lm.history) == 4  # one rewrite per query, and only for the multi trial
+
+
+def test_rewrite_falls_back_to_the_query_without_an_lm(index_dir: Path, programs_dir: Path) -> None:
+    retriever = LanceDBRetriever(make_settings(index_dir, programs_dir), "builddaily", use_saved_config=False)
+    pred = retriever(query="How much does Sage Daily cost?", k=5, mode="fts", rewrite="hyde")
+    assert len(pred.passages) == 5 and any("no LM configured" in n for n in pred.notes)
+    with dspy.context(lm=DummyLM([{"passage": "Sage Daily costs 12 dollars a month per seat."}])):
+        hyde = retriever(query="How much does Sage Daily cost?", k=5, mode="fts", rewrite="hyde")
+    assert len(hyde.passages) == 5 and not hyde.notes and "rewrite_ms" in hyde.timings
+    with pytest.raises(InputError, match="unknown query rewrite"):
+        retriever(query="cost", rewrite="llm")
 
 
 def test_pick_best_prefers_cheap_configurations_unless_strictly_better() -> None:

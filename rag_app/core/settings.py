@@ -195,6 +195,20 @@ class Settings(BaseSettings):
     ann_ef: int = Field(256, ge=1, description="HNSW candidates per query: recall@20 >= 0.97 up to 1M rows.")
     ann_index_type: Literal["IVF_HNSW_SQ", "IVF_PQ"] = "IVF_HNSW_SQ"
     max_query_chars: int = Field(8000, ge=1)
+    doc_signals: bool = Field(
+        False,
+        description="Fuse document-level vector and full-text rankings with the chunk ranking "
+        "(needs the per-collection document table that ingest keeps).",
+    )
+    max_chunks_per_doc: int = Field(
+        0, ge=0, le=1000, description="Most chunks of one document in the top k (0 = no cap)."
+    )
+    fts_title_boost: float = Field(
+        0.0,
+        ge=0.0,
+        le=20.0,
+        description="Weight of a title/heading full-text match beside the body (0 = off).",
+    )
 
     # --- reranking -----------------------------------------------------------------------------
     reranker_model: str = "BAAI/bge-reranker-base"
@@ -260,7 +274,9 @@ class Settings(BaseSettings):
     fetch_user_agent: str = "rag-app/0.1 (+https://builddaily.example/bot)"
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; unset = AWS.")
     s3_region: str | None = None
-    ingest_job_workers: int = Field(1, ge=1, le=16, description="Background ingest jobs run at once (HTTP uploads).")
+    ingest_job_workers: int = Field(
+        1, ge=1, le=16, description="Background ingest jobs run at once (HTTP uploads)."
+    )
     ingest_job_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="How long finished ingest jobs stay queryable at /v1/jobs/{id}."
     )
@@ -269,7 +285,9 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Where fine-tuned models and their cards go; unset = <data_dir>/models."
     )
-    train_device: str = Field("auto", description="Device for fine-tuning: auto (cuda if present), cpu, cuda.")
+    train_device: str = Field(
+        "auto", description="Device for fine-tuning: auto (cuda if present), cpu, cuda."
+    )
 
     @field_validator("lm_model", mode="before")
     @classmethod

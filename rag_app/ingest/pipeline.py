@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from rag_app.ingest.chunking import document_hash, has_text
 from rag_app.ingest.loaders import OnError, load_paths
 from rag_app.ingest.writer import StreamWriter
 from rag_app.models.embeddings import Embedder, load_embedder
+from rag_app.store.doc_index import refresh_doc_table
 from rag_app.store.schema import check_embedder, table_name
 from rag_app.store.vector_store import VectorStore
 
@@ -139,13 +140,15 @@ def ingest_documents(
     store: VectorStore | None = None,
     embedder: Embedder | None = None,
     on_batch: Callable[[int], None] | None = None,
+    keep_ids: Collection[str] = (),
 ) -> IngestReport:
     """Upsert already-loaded documents under the collection's writer lock.
 
     ``prune`` removes documents absent from ``documents``, but refuses (:class:`PruneRefusedError`,
     nothing written) to remove more than ``prune_max_fraction`` of them unless ``force``: an empty or
     mistaken input path must not wipe a collection. ``dry_run`` computes the report and writes nothing.
-    ``on_batch(n)`` is called after each committed batch.
+    ``on_batch(n)`` is called after each committed batch. ``keep_ids``: ids of documents known to be
+    present though not passed (a source's unchanged, not re-fetched items): never pruned.
     """
     start = time.perf_counter()
     store = store or VectorStore(settings)
@@ -166,7 +169,7 @@ def ingest_documents(
         existing = store.doc_hashes(table) if table is not None else {}
         pending = _diff(documents, existing, fingerprint, report)
         if prune:
-            present = {d.id for d in documents if has_text(d)}
+            present = {d.id for d in documents if has_text(d)} | set(keep_ids)
             report.removed_ids = sorted(set(existing) - present)
             report.removed = len(report.removed_ids)
             _check_prune(settings, report, len(existing), force)
@@ -177,6 +180,13 @@ def ingest_documents(
         writer.write(pending, batch_docs)
         store.delete_documents(table, report.removed_ids)
         report.indexes = store.refresh_indexes(table, changed=bool(pending or report.removed_ids))
+        refresh_doc_table(
+            store.db,
+            table,
+            table_name(site, collection),
+            doc_ids=[d.id for d in pending],
+            removed=report.removed_ids,
+        )
     report.seconds = time.perf_counter() - start
     return report
 

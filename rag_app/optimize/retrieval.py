@@ -1,6 +1,7 @@
 """Retrieval-configuration search, no LM needed: ``rag-app optimize --site S --retrieval-only --dev FILE``.
 
-Tries every ``k`` in (10, 20, 30) x mode in (vector, fts, hybrid) x rerank (off, on)
+Tries every ``k`` in (10, 20, 30) x mode in (vector, fts, hybrid) x document handling (chunks, cap2,
+doc) x rerank (off, on), and with an LM also the query rewrites (multi, hyde)
 (:mod:`rag_app.optimize.trials`) on the site's judged eval rows and saves the best to
 ``<state-dir>/<site>/retrieval.json``, which :class:`rag_app.retrieval.retriever.LanceDBRetriever`
 reads for its ``default_k``/``default_mode``.
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dspy
+
 from rag_app.core.errors import InputError, ModelNotAvailableError
 from rag_app.core.settings import SEARCH_MODES, Settings
 from rag_app.core.types import Passage
@@ -50,7 +53,9 @@ from rag_app.optimize.checkpoint import Checkpoint, checkpoint_key
 from rag_app.optimize.trials import (
     DEFAULT_METRIC,
     DEFAULT_TRIAL_KS,
+    DOC_OPTIONS,
     RERANK_OPTIONS,
+    REWRITE_OPTIONS,
     Trial,
     TrialResult,
     metric_ks,
@@ -210,21 +215,28 @@ def _run_trial(
     *,
     reranker_available: bool,
     ks: dict[str, tuple[int, ...]],
-    cache: dict[tuple[int, str], list[list[Passage]]],
+    cache: dict[tuple[int, str, str, str], list[list[Passage]]],
 ) -> TrialResult:
     """Score one trial; ``cache`` keeps the retrieved passages of the last k/mode for its rerank twin."""
-    retrieved = cache.get((trial.k, trial.mode))
+    key = (trial.k, trial.mode, trial.docs, trial.rewrite)
+    retrieved = cache.get(key)
     if retrieved is None:
         retrieved = [
             list(
                 retrievers[row.collection](
-                    query=row.query, k=trial.k, mode=trial.mode, filters=row.search_filters
+                    query=row.query,
+                    k=trial.k,
+                    mode=trial.mode,
+                    filters=row.search_filters,
+                    doc_signals=trial.doc_signals,
+                    max_chunks_per_doc=trial.max_chunks_per_doc,
+                    rewrite=trial.rewrite,
                 ).passages
             )
             for row in rows
         ]
-        cache.clear()  # only the pair in use: k/mode change together
-        cache[(trial.k, trial.mode)] = retrieved
+        cache.clear()  # only the retrieval in use: its rerank twin runs next
+        cache[key] = retrieved
     per_query = []
     for row, passages in zip(rows, retrieved, strict=True):
         ordered = rerank(row.query, passages) if trial.rerank and rerank and passages else passages
@@ -251,6 +263,9 @@ def _payload(
             "k": best.trial.k,
             "mode": best.trial.mode,
             "rerank": best.trial.rerank,
+            "doc_signals": best.trial.doc_signals,
+            "max_chunks_per_doc": best.trial.max_chunks_per_doc,
+            "rewrite": best.trial.rewrite,
             "score": best.score(metric),
             "metric": metric,
         },
@@ -287,6 +302,9 @@ def search_retrieval_config(
     ks: Sequence[int] = DEFAULT_TRIAL_KS,
     modes: Sequence[str] = SEARCH_MODES,
     reranks: Sequence[bool] = RERANK_OPTIONS,
+    docs: Sequence[str] = tuple(DOC_OPTIONS),
+    rewrites: Sequence[str] = REWRITE_OPTIONS,
+    lm: Any = None,
     state_dir: Path | None = None,
     limit: int | None = None,
     resume: bool = True,
@@ -298,12 +316,17 @@ def search_retrieval_config(
 
     Writes ``<state_dir>/<site>/retrieval.json`` (``state_dir`` defaults to ``settings.programs_dir``,
     where retrievers read it) and, with ``report_dir``, a report.json/.md/.png of every trial.
+    Query rewrites other than ``none`` need ``lm`` (they are left out, with a note, without one).
     """
     from tqdm.auto import tqdm
 
     metric = metric.strip().lower()
     cutoffs = metric_ks(metric)
-    grid = trial_grid(ks, modes, reranks)
+    notes: list[str] = []
+    if lm is None and any(r != "none" for r in rewrites):
+        notes.append("query rewriting (multi, hyde) not tried: no LM configured")
+        rewrites = [r for r in rewrites if r == "none"] or ["none"]
+    grid = trial_grid(ks, modes, reranks, docs, rewrites)
     settings.collections_for(site)
     rows = _rows(load_eval_jsonl(dev), site, limit)
     if not rows:
@@ -312,7 +335,6 @@ def search_retrieval_config(
     out_dir = state_dir / site
     checkpoint = Checkpoint(out_dir / CHECKPOINT_NAME)
     data_hash = dataset_hash(dev)
-    notes: list[str] = []
 
     retrievers = _retrievers(settings, site, rows, needs_vectors=any(mode != "fts" for mode in modes))
     rerank, reranker = _reranker(settings, notes) if any(reranks) else (None, None)
@@ -326,6 +348,7 @@ def search_retrieval_config(
             "tables": _table_versions(retrievers, site),
             "ks": cutoffs,
             "reranker_available": available,
+            "lm": None if lm is None else str(getattr(lm, "model", type(lm).__name__)),
         },
     )
     if not resume:
@@ -338,7 +361,7 @@ def search_retrieval_config(
     results = {t.as_key(): done[t.as_key()] for t in grid if t.as_key() in done}
     resumed = len(results)
     best = pick_best(list(results.values()), metric) if results else None
-    cache: dict[tuple[int, str], list[list[Passage]]] = {}
+    cache: dict[tuple[int, str, str, str], list[list[Passage]]] = {}
     bar = tqdm(total=len(grid), initial=resumed, desc=f"retrieval trials ({site})", disable=not progress)
     if best is not None:
         bar.set_postfix_str(f"best {metric}={best.score(metric):.3f} ({best.trial.label})")
@@ -347,9 +370,10 @@ def search_retrieval_config(
         for trial in grid:
             if trial.as_key() in results:
                 continue
-            result = _run_trial(
-                trial, rows, retrievers, rerank, reranker_available=available, ks=cutoffs, cache=cache
-            )
+            with dspy.context(lm=lm):
+                result = _run_trial(
+                    trial, rows, retrievers, rerank, reranker_available=available, ks=cutoffs, cache=cache
+                )
             checkpoint.add(
                 key, **result.to_json(), date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             )

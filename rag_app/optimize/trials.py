@@ -1,9 +1,15 @@
 """The grid of the retrieval-configuration search: what one trial is, its scores, and which one wins.
 
-A trial is one ``k`` x search mode x rerank (off/on) combination. The best trial has the highest
-score on the chosen metric (default ``ndcg@10``); ties go to rerank off, then the smaller ``k``, then
-the mode order vector, fts, hybrid: the cheaper configuration wins unless the dearer one is strictly
-better, because every query served pays for the configuration chosen here.
+A trial is one ``k`` x search mode x rerank (off/on) x document handling x query rewriting
+combination. Document handling (:data:`DOC_OPTIONS`): ``chunks`` (plain chunk ranking), ``cap2`` (at
+most 2 chunks of a document in the top k), ``doc`` (document-level fusion plus that cap; see
+:mod:`rag_app.retrieval.doc_aware`). Query rewriting (:data:`REWRITE_OPTIONS`, only tried when an LM is
+configured): ``none``, ``multi`` (multi-query fusion), ``hyde`` (a hypothetical passage).
+
+The best trial has the highest score on the chosen metric (default ``ndcg@10``); ties go to rerank
+off, no rewriting, plain chunks, then the smaller ``k``, then the mode order vector, fts, hybrid: the
+cheaper configuration wins unless the dearer one is strictly better, because every query served pays
+for the configuration chosen here.
 """
 
 from __future__ import annotations
@@ -15,16 +21,23 @@ from typing import Any
 from rag_app.core.errors import InputError
 from rag_app.core.settings import SEARCH_MODES, check_search_mode
 from rag_app.evaluation.metrics import DEFAULT_KS
+from rag_app.retrieval.retriever import REWRITES
 
 DEFAULT_TRIAL_KS: tuple[int, ...] = (10, 20, 30)
 RERANK_OPTIONS: tuple[bool, ...] = (False, True)
+#: Document handling -> (doc_signals, max_chunks_per_doc), cheapest first.
+DOC_OPTIONS: dict[str, tuple[bool, int]] = {"chunks": (False, 0), "cap2": (False, 2), "doc": (True, 2)}
+#: Query rewriting, cheapest first (the LM ones only run when an LM is configured).
+REWRITE_OPTIONS: tuple[str, ...] = REWRITES
 DEFAULT_METRIC = "ndcg@10"
 _METRIC_NAMES = ("recall", "precision", "mrr", "ndcg")
 
 __all__ = [
     "DEFAULT_METRIC",
     "DEFAULT_TRIAL_KS",
+    "DOC_OPTIONS",
     "RERANK_OPTIONS",
+    "REWRITE_OPTIONS",
     "Trial",
     "TrialResult",
     "metric_ks",
@@ -39,13 +52,24 @@ class Trial:
     k: int
     mode: str
     rerank: bool
+    docs: str = "chunks"
+    rewrite: str = "none"
 
     @property
     def label(self) -> str:
-        return f"k={self.k} {self.mode}{'+rerank' if self.rerank else ''}"
+        extra = "".join(f" {v}" for v, d in ((self.docs, "chunks"), (self.rewrite, "none")) if v != d)
+        return f"k={self.k} {self.mode}{'+rerank' if self.rerank else ''}{extra}"
 
-    def as_key(self) -> tuple[int, str, bool]:
-        return (self.k, self.mode, self.rerank)
+    def as_key(self) -> tuple[int, str, bool, str, str]:
+        return (self.k, self.mode, self.rerank, self.docs, self.rewrite)
+
+    @property
+    def doc_signals(self) -> bool:
+        return DOC_OPTIONS[self.docs][0]
+
+    @property
+    def max_chunks_per_doc(self) -> int:
+        return DOC_OPTIONS[self.docs][1]
 
 
 @dataclass
@@ -64,6 +88,8 @@ class TrialResult:
             "k": self.trial.k,
             "mode": self.trial.mode,
             "rerank": self.trial.rerank,
+            "docs": self.trial.docs,
+            "rewrite": self.trial.rewrite,
             "reranked": self.reranked,
             "metrics": self.metrics,
         }
@@ -71,7 +97,13 @@ class TrialResult:
     @classmethod
     def from_json(cls, record: dict[str, Any], *, resumed: bool = False) -> TrialResult:
         """The inverse of :meth:`to_json` (extra fields, such as a checkpoint's key, are ignored)."""
-        trial = Trial(int(record["k"]), str(record["mode"]), bool(record["rerank"]))
+        trial = Trial(
+            int(record["k"]),
+            str(record["mode"]),
+            bool(record["rerank"]),
+            str(record.get("docs", "chunks")),
+            str(record.get("rewrite", "none")),
+        )
         return cls(trial, dict(record["metrics"]), bool(record.get("reranked")), resumed=resumed)
 
 
@@ -79,14 +111,29 @@ def trial_grid(
     ks: Sequence[int] = DEFAULT_TRIAL_KS,
     modes: Sequence[str] = SEARCH_MODES,
     reranks: Sequence[bool] = RERANK_OPTIONS,
+    docs: Sequence[str] = tuple(DOC_OPTIONS),
+    rewrites: Sequence[str] = ("none",),
 ) -> list[Trial]:
-    """Every combination, in the order they run: k, then mode, then rerank off/on."""
+    """Every combination, in the order they run: k, mode, rewriting, document handling, rerank off/on."""
     for mode in modes:
         check_search_mode(mode)
+    for option in docs:
+        if option not in DOC_OPTIONS:
+            raise InputError(f"unknown document option {option!r}; known: {', '.join(DOC_OPTIONS)}")
+    for option in rewrites:
+        if option not in REWRITE_OPTIONS:
+            raise InputError(f"unknown rewrite option {option!r}; known: {', '.join(REWRITE_OPTIONS)}")
     for k in ks:
         if not 1 <= int(k) <= 1000:
             raise InputError(f"k must be between 1 and 1000, got {k}")
-    return [Trial(int(k), mode, bool(rerank)) for k in ks for mode in modes for rerank in reranks]
+    return [
+        Trial(int(k), mode, bool(rerank), doc, rewrite)
+        for k in ks
+        for mode in modes
+        for rewrite in rewrites
+        for doc in docs
+        for rerank in reranks
+    ]
 
 
 def parse_metric(metric: str) -> tuple[str, int]:
@@ -109,11 +156,20 @@ def metric_ks(metric: str) -> dict[str, tuple[int, ...]]:
 
 
 def pick_best(results: Sequence[TrialResult], metric: str) -> TrialResult:
-    """Highest ``metric``; ties go to rerank off, smaller k, then mode order (cheapest first)."""
+    """Highest ``metric``; ties go to rerank off, no rewriting, plain chunks, smaller k, then mode
+    order (cheapest first)."""
     if not results:
         raise ValueError("no trials to choose from")
     order = {mode: index for index, mode in enumerate(SEARCH_MODES)}
+    docs = list(DOC_OPTIONS)
     return min(
         results,
-        key=lambda r: (-r.score(metric), r.trial.rerank, r.trial.k, order.get(r.trial.mode, len(order))),
+        key=lambda r: (
+            -r.score(metric),
+            r.trial.rerank,
+            REWRITE_OPTIONS.index(r.trial.rewrite),
+            docs.index(r.trial.docs),
+            r.trial.k,
+            order.get(r.trial.mode, len(order)),
+        ),
     )
