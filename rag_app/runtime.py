@@ -9,10 +9,17 @@ the same code path.
 The server's concurrency limits are not patched into anything: it passes :class:`StageWrappers` that
 wrap the explicit protocols (:class:`~rag_app.models.embeddings.Embedder`,
 :class:`~rag_app.models.rerank.Reranker`, the LM) once, at the moment the runtime builds them.
+
+Per-site models. ``rag-app optimize --reranker/--embedder`` fine-tunes a model on a site's labels and,
+when it beats what it replaces, records it in ``<models dir>/<site>/active.json``
+(:func:`active_models`). :meth:`Runtime.reranker_for` and :meth:`Runtime.embedder_for` return that
+site's activated model (loaded once, wrapped like the global ones) or the global one, and the site's
+retrievers, pipelines, programs and ingests use them. Without an ``active.json`` nothing changes.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from typing import Any
 
 from rag_app.answering.program import SiteProgram
 from rag_app.answering.registry import list_programs, program_class
-from rag_app.core.errors import InputError, validation_message
+from rag_app.core.errors import InputError, ModelNotAvailableError, validation_message
 from rag_app.core.settings import Settings
 from rag_app.ingest.pipeline import IngestReport, ingest_paths
 from rag_app.models.embeddings import Embedder, load_embedder
@@ -33,6 +40,47 @@ from rag_app.retrieval.retriever import LanceDBRetriever
 
 def _same(value: Any) -> Any:
     return value
+
+
+#: The stages a site can have its own fine-tuned model for (the keys of ``active.json``).
+SITE_MODEL_KINDS = ("reranker", "embedder")
+
+
+def active_file(settings: Settings, site: str) -> Path:
+    """``<models dir>/<site>/active.json``: which fine-tuned models a site uses."""
+    return settings.resolved_models_dir / site / "active.json"
+
+
+def active_models(settings: Settings, site: str) -> dict[str, dict[str, Any]]:
+    """``{"reranker": {"path", "model_id", "card"}, "embedder": {...}}`` for ``site`` (either may be
+    absent; ``{}`` without a file). An unreadable file is an error naming it, never silently ignored:
+    serving the global model instead would quietly change what the site answers with."""
+    path = active_file(settings, site)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelNotAvailableError(
+            f"{path}: unreadable activation record ({exc}); fix it, or delete it to use the global models"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelNotAvailableError(f"{path}: expected a JSON object; delete it to use the global models")
+    return {k: v for k, v in data.items() if k in SITE_MODEL_KINDS and isinstance(v, dict) and v.get("path")}
+
+
+def _site_model_path(settings: Settings, site: str, kind: str) -> str | None:
+    entry = active_models(settings, site).get(kind)
+    if entry is None:
+        return None
+    path = Path(entry["path"])
+    if not path.is_dir():
+        raise ModelNotAvailableError(
+            f"{active_file(settings, site)} activates the {kind} {path} for site {site!r}, but that folder"
+            f" is gone; retrain it (`rag-app optimize --site {site} --{kind} ...`) or remove the {kind!r}"
+            " entry to use the global model"
+        )
+    return str(path)
 
 
 @dataclass(frozen=True)
@@ -74,6 +122,10 @@ class Runtime:
         self._retrievers: dict[tuple[str, str | None], LanceDBRetriever] = {}
         self._pipelines: dict[tuple[str, str | None], RetrieveThenRerank] = {}
         self._programs: dict[tuple[str, str], SiteProgram] = {}
+        #: (kind, site) -> the site's activated model path, or None for the global one (read once).
+        self._site_paths: dict[tuple[str, str], str | None] = {}
+        #: model path -> the loaded (wrapped) fine-tuned model, shared by every site that activates it.
+        self._site_models: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------ models
     @property
@@ -96,6 +148,57 @@ class Runtime:
     @property
     def reranker_loaded(self) -> bool:
         return self._reranker is not None
+
+    def _site_model(self, kind: str, site: str) -> Any | None:
+        """The site's activated ``kind`` model (loaded once per path), or None to use the global one."""
+        with self._lock:
+            key = (kind, site)
+            if key not in self._site_paths:
+                self._site_paths[key] = _site_model_path(self.settings, site, kind)
+            path = self._site_paths[key]
+            if path is None:
+                return None
+            if path not in self._site_models:
+                if kind == "reranker":
+                    settings = self.settings.model_copy(
+                        update={
+                            "reranker_model": path,
+                            "reranker_revision": None,
+                            "reranker_on_missing": "fail",
+                        }
+                    )
+                    self._site_models[path] = self.wrappers.reranker(load_reranker(settings))
+                else:
+                    settings = self.settings.model_copy(
+                        update={
+                            "embedder_backend": "sentence-transformers",
+                            "embedder_model": path,
+                            "embedder_revision": None,
+                        }
+                    )
+                    self._site_models[path] = self.wrappers.embedder(load_embedder(settings))
+            return self._site_models[path]
+
+    def reranker_for(self, site: str) -> Reranker:
+        """``site``'s activated fine-tuned reranker, else :attr:`reranker`."""
+        model = self._site_model("reranker", site)
+        return self.reranker if model is None else model
+
+    def embedder_for(self, site: str) -> Embedder:
+        """``site``'s activated fine-tuned embedder, else :attr:`embedder`. Its tables are embedded with
+        it (the activation re-embeds them), so searching or ingesting with another one is refused."""
+        model = self._site_model("embedder", site)
+        return self.embedder if model is None else model
+
+    def forget_site_models(self, site: str) -> None:
+        """Drop what this runtime built for ``site`` so the next use reads ``active.json`` again (after an
+        activation in the same process)."""
+        with self._lock:
+            for kind in SITE_MODEL_KINDS:
+                self._site_paths.pop((kind, site), None)
+            for cache in (self._retrievers, self._pipelines, self._programs):
+                for key in [k for k in cache if k[0] == site]:
+                    del cache[key]
 
     def lm_unavailable_reason(self) -> str | None:
         """Why the configured LM cannot be used right now (probed at most every 30 s), or ``None``."""
@@ -123,7 +226,7 @@ class Runtime:
                     self.settings,
                     site,
                     [collection] if collection else None,
-                    embedder_factory=lambda: self.embedder,
+                    embedder_factory=lambda: self.embedder_for(site),
                 )
             return self._retrievers[key]
 
@@ -133,7 +236,7 @@ class Runtime:
         with self._lock:
             if key not in self._pipelines:
                 self._pipelines[key] = RetrieveThenRerank(
-                    self.retriever(site, collection), self.reranker, self.settings
+                    self.retriever(site, collection), self.reranker_for(site), self.settings
                 )
             return self._pipelines[key]
 
@@ -218,8 +321,10 @@ class Runtime:
         paths: Sequence[Path | str],
         **options: Any,
     ) -> IngestReport:
-        """Load ``paths`` into ``site``/``collection`` with this runtime's embedder."""
-        return ingest_paths(self.settings, site, collection, paths, embedder=self.embedder, **options)
+        """Load ``paths`` into ``site``/``collection`` with the site's embedder (:meth:`embedder_for`)."""
+        return ingest_paths(
+            self.settings, site, collection, paths, embedder=self.embedder_for(site), **options
+        )
 
 
-__all__ = ["Runtime", "StageWrappers"]
+__all__ = ["SITE_MODEL_KINDS", "Runtime", "StageWrappers", "active_file", "active_models"]

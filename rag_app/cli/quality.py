@@ -1,5 +1,6 @@
 """The quality commands: ``rag-app eval retrieval``, ``eval answers`` (measure) and ``optimize``
-(improve: DSPy program optimization, or the retrieval-configuration search with ``--retrieval-only``).
+(improve: DSPy program optimization, the retrieval-configuration search with ``--retrieval-only``, or
+fine-tuning the site's reranker or embedder with ``--reranker``/``--embedder``).
 
 They call :mod:`rag_app.evaluation` and :mod:`rag_app.optimize`; ``register(app, eval_app)`` adds them.
 """
@@ -168,7 +169,10 @@ def optimize(
     ] = None,
     retrieval_only: Annotated[
         bool,
-        typer.Option("--retrieval-only", help="Search k x mode x rerank instead (no LM); needs --dev."),
+        typer.Option(
+            "--retrieval-only",
+            help="Search k x mode x documents x rerank (x query rewrites with an LM) instead; needs --dev.",
+        ),
     ] = False,
     metric: Annotated[
         str, typer.Option("--metric", help="Retrieval metric to maximise with --retrieval-only.")
@@ -184,19 +188,71 @@ def optimize(
     report_dir: Annotated[
         Path | None, typer.Option("--report-dir", help="--retrieval-only: also write a report here.")
     ] = None,
+    reranker: Annotated[bool, typer.Option("--reranker", help="Fine-tune the site's reranker.")] = False,
+    embedder: Annotated[bool, typer.Option("--embedder", help="Fine-tune the site's embedder.")] = False,
+    qrels: Annotated[
+        str, typer.Option("--qrels", help="qrels split when --train is a BEIR folder.")
+    ] = "train",
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Fine-tune: model folder to start from.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Fine-tune: auto, cpu or cuda.")] = None,
+    epochs: Annotated[
+        float, typer.Option("--epochs", min=0.01, help="Fine-tune: passes over the pairs.")
+    ] = 1.0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Fine-tune: step cap.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option("--max-minutes", min=0, help="Fine-tune: stop after this many minutes.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Fine-tune: batch.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Fine-tune: learning rate.")] = None,
+    eval_every: Annotated[
+        int, typer.Option("--eval-every", min=1, help="Fine-tune: dev check every N.")
+    ] = 50,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Optimize a program offline with DSPy (saves programs/<site>/<program>.json + .meta.json), or
-    with --retrieval-only search the site's best k, mode and rerank (saves programs/<site>/retrieval.json).
+    """Optimize a program offline with DSPy (saves programs/<site>/<program>.json + .meta.json), with
+    --retrieval-only search the site's best k, mode and rerank (saves programs/<site>/retrieval.json), or
+    with --reranker/--embedder fine-tune that model on --train (eval JSONL, feedback export, or a BEIR
+    folder with --qrels) and activate it for the site only if it beats what it replaces on the dev split.
 
-    Interrupted runs resume: finished retrieval trials and finished evaluations are checkpointed."""
+    Interrupted runs resume: finished retrieval trials, evaluations and fit checkpoints are kept."""
     from rag_app.core.errors import InputError
 
     settings = load_settings(config, data_dir=data_dir)
     progress = sys.stderr.isatty() and not as_json
     try:
+        if reranker or embedder:
+            if reranker and embedder:
+                raise InputError("fine-tune one model at a time: --reranker or --embedder")
+            if train is None or program or retrieval_only:
+                raise InputError(
+                    "--reranker/--embedder need --train FILE, without --program or --retrieval-only"
+                )
+            from rag_app.optimize.training.finetune import FinetuneRequest
+
+            request = FinetuneRequest(
+                site,
+                "reranker" if reranker else "embedder",
+                train,
+                dev,
+                qrels,
+                base,
+                device,
+                epochs,
+                max_steps,
+                max_minutes,
+                batch_size,
+                lr,
+                eval_every,
+                force,
+            )
+            from rag_app.cli.finetune import run_finetune
+
+            run_finetune(settings, request, progress, as_json)
+            return
         if retrieval_only:
             if dev is None:
                 raise InputError("--retrieval-only needs --dev FILE (judged rows of the site)")
@@ -250,11 +306,14 @@ def _retrieval(
     as_json: bool,
 ) -> None:
     from rag_app.optimize.retrieval import search_retrieval_config
+    from rag_app.runtime import Runtime
 
+    lm, _ = Runtime(settings).lm()  # query rewrites are tried only with an LM
     result = search_retrieval_config(
         settings,
         site,
         dev,
+        lm=lm,
         metric=metric,
         state_dir=state_dir,
         limit=limit,

@@ -16,6 +16,7 @@ detect and repair tables written before that (or by a writer on another host).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,18 @@ class TableInfo:
     #: Chunk ids stored more than once, and the rows beyond the first of each (0 in a healthy table).
     duplicate_ids: int = 0
     duplicate_rows: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One stored document, as a listing shows it (from its chunks' rows, without their vectors)."""
+
+    doc_id: str
+    title: str
+    source: str
+    doc_hash: str
+    chunks: int
+    date: dt.date | None
 
 
 class VectorStore:
@@ -101,6 +114,25 @@ class VectorStore:
         """doc_id -> doc_hash of what the table holds now."""
         data = read_columns(table, ["doc_id", "doc_hash"])
         return dict(zip(data["doc_id"].to_pylist(), data["doc_hash"].to_pylist(), strict=True))
+
+    def list_documents(self, table: Any, *, limit: int, offset: int = 0) -> tuple[int, list[DocumentInfo]]:
+        """``(total documents, one page of them ordered by id)``: the chunk rows aggregated by
+        ``doc_id`` (title, source and hash are the document's, the same on each of its chunks)."""
+        rows = read_columns(table, ["doc_id", "doc_hash", "title", "source", "date"])
+        firsts = [(c, "first") for c in ("doc_hash", "title", "source", "date")]
+        docs = rows.group_by("doc_id", use_threads=False).aggregate([("doc_id", "count"), *firsts])
+        page = docs.sort_by("doc_id").slice(offset, limit).to_pylist()
+        return docs.num_rows, [
+            DocumentInfo(
+                doc_id=d["doc_id"],
+                title=d["title_first"] or "",
+                source=d["source_first"] or "",
+                doc_hash=d["doc_hash_first"] or "",
+                chunks=d["doc_id_count"],
+                date=d["date_first"],
+            )
+            for d in page
+        ]
 
     # ------------------------------------------------------------------------------ writes
     def replace_documents(
@@ -242,6 +274,52 @@ class VectorStore:
             ann_ef=self.settings.ann_ef,
             rrf_k=self.settings.rrf_k,
         )
+
+    # ------------------------------------------------------------------------------ fine-tuning
+    def chunk_texts(self, site: str, collection: str, doc_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """``id``, ``doc_id``, ``chunk_index``, ``title``, ``text`` of every chunk of ``doc_ids``, by
+        document and chunk order (the positives a reranker is trained on come from here)."""
+        table = self.open_table(site, collection)
+        ids = sorted(set(doc_ids))
+        if table is None or not ids:
+            return []
+        rows = (
+            table.search()
+            .select(["id", "doc_id", "chunk_index", "title", "text"])
+            .where(f"doc_id IN ({sql_list(ids)})")
+            .limit(table.count_rows())
+            .to_arrow()
+            .to_pylist()
+        )
+        return sorted(rows, key=lambda r: (r["doc_id"], r["chunk_index"]))
+
+    def rows_without_vectors(self, site: str, collection: str) -> pa.Table | None:
+        """Every row of a collection, all columns but ``vector`` (None when the table does not exist)."""
+        table = self.open_table(site, collection)
+        if table is None:
+            return None
+        return read_columns(table, [f.name for f in table.schema if f.name != "vector"])
+
+    def rewrite_vectors(
+        self, site: str, collection: str, rows: pa.Table, vectors: np.ndarray, model_id: str
+    ) -> Any:
+        """Replace the collection with ``rows`` and new ``vectors`` recorded under ``model_id``, in one
+        commit (an overwrite: readers see the old table or the new one, never a mix). Hold
+        :meth:`writer` around the read of ``rows`` and this call; indexes are rebuilt after it. Columns
+        that ``rows`` lacks (a table of an older schema version) are written as nulls."""
+        schema = chunk_schema(int(vectors.shape[1]), model_id)
+        present = set(rows.column_names)
+        arrays = [
+            rows.column(f.name).cast(f.type) if f.name in present else pa.nulls(rows.num_rows, f.type)
+            for f in schema
+            if f.name != "vector"
+        ]
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+        arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=schema.field("vector").type))
+        data = pa.Table.from_arrays(arrays, schema=schema)
+        table = self.db.create_table(table_name(site, collection), data, schema=schema, mode="overwrite")
+        self.refresh_indexes(table)
+        return table
 
 
 def ann_index_config(index_type: str) -> Any:
