@@ -135,3 +135,24 @@ def test_filters_restrict_document_fusion_to_the_filtered_pool(indexed: Settings
     )
     top = aware(query=QUERY, k=5, filters={"doc_ids": ["book", "tower"]}).passages
     assert top and {p.doc_id for p in top} <= {"book", "tower"}
+
+
+def test_title_boost_weights_a_header_match(tmp_path: Path, minilm: Embedder) -> None:
+    """A title match outranks the same words buried in a longer body once the header is weighted."""
+    docs = [
+        Document(id="buried", title="Notes", text="Many notes. " * 30 + "The wheel of fortune turns."),
+        Document(
+            id="titled",
+            title="Wheel of Fortune",
+            text="A great wheel turns in the sky, four figures at its corners.",
+        ),
+    ]
+    settings = Settings(data_dir=tmp_path / "rag", lm_model=None)
+    ingest_documents(settings, "sagedaily", "canon", docs, progress=False, embedder=minilm)
+    table = VectorStore(settings).open_table("sagedaily", "canon")
+    assert {"header_idx", "search_text_idx"} <= {i.name for i in table.list_indices()}
+    boosted = settings.model_copy(update={"fts_title_boost": 5.0})
+    top = LanceDBRetriever(boosted, "sagedaily", embedder=minilm, use_saved_config=False)(
+        query="wheel of fortune", k=2, mode="fts"
+    ).passages
+    assert top[0].doc_id == "titled" and top[0].score > top[1].score

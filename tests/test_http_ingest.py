@@ -311,6 +311,7 @@ def test_listing_pages_by_id(client: httpx.Client) -> None:
     assert job["counts"]["added"] == 7
     page = client.get(path, params={"limit": 3, "offset": 3}).json()
     assert page["total"] == 7 and [d["id"] for d in page["documents"]] == ["card-03", "card-04", "card-05"]
+    assert all(d["chunks"] == 1 and d["updated"] for d in page["documents"])  # when it was written
     assert client.get(path, params={"limit": 0}).status_code == 422
 
 

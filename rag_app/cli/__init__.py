@@ -3,7 +3,7 @@ call the library, and print.
 
 This module builds the one :data:`app` and its sub-apps; each command group registers itself:
 
-* :mod:`rag_app.cli.index`: ``ingest``, ``search``, ``stats``, ``maintain``;
+* :mod:`rag_app.cli.index`: ``ingest``, ``sync``, ``search``, ``stats``, ``maintain``;
 * :mod:`rag_app.cli.answer`: ``demo``, ``ask``;
 * :mod:`rag_app.cli.quality`: ``optimize``, ``eval retrieval``, ``eval answers``;
 * :mod:`rag_app.cli.ops`: ``serve``, ``doctor``, ``keys add|list|revoke``, ``models pull``;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -27,14 +27,29 @@ from rag_app.cli.common import (
     search_filters,
 )
 
+if TYPE_CHECKING:
+    from rag_app.ingest.sources.report import SyncReport
+
 __all__ = ["register"]
 
 
 @handle_errors
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (Markdown, text, JSONL, CSV, BEIR).")],
     site: SiteOpt,
     collection: Annotated[str, typer.Option("--collection", help="Collection of the site.")],
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files or folders (Markdown, text, HTML, PDF, DOCX, JSONL, CSV, BEIR)."),
+    ] = None,
+    url: Annotated[list[str] | None, typer.Option("--url", help="A page to fetch (repeatable).")] = None,
+    sitemap: Annotated[
+        list[str] | None, typer.Option("--sitemap", help="Every page a sitemap lists.")
+    ] = None,
+    s3: Annotated[list[str] | None, typer.Option("--s3", help="s3://bucket/prefix: its objects.")] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only what matches a glob.")] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Leave out a glob's matches.")
+    ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Remove documents no longer in PATHS.")] = False,
     yes: Annotated[
         bool,
@@ -53,7 +68,9 @@ def ingest(
 ) -> None:
     """Load, chunk, embed and upsert documents (idempotent: unchanged documents cost nothing).
 
-    One writer per collection at a time: a concurrent run waits for the first (RAG_INGEST_LOCK_TIMEOUT_S).
+    Sources besides PATHS: --url, --sitemap, --s3 (pages answering 304 and objects with the same ETag
+    are not downloaded again). One writer per collection at a time: a concurrent run waits for the
+    first (RAG_INGEST_LOCK_TIMEOUT_S).
     """
     import logging
 
@@ -72,6 +89,39 @@ def ingest(
     terminal = sys.stderr.isatty()
     if not terminal:  # no progress bar: progress lines every RAG_INGEST_LOG_EVERY_CHUNKS chunks instead
         logging.getLogger("rag_app.ingest.pipeline").setLevel(logging.INFO)
+    if url or sitemap or s3 or include or exclude:
+        from rag_app.ingest.sources import specs_from_options
+        from rag_app.ingest.sources.report import SyncReport
+        from rag_app.ingest.sync import sync_collection
+
+        specs = specs_from_options(
+            site,
+            collection,
+            paths=paths or [],
+            urls=url or [],
+            sitemaps=sitemap or [],
+            s3=s3 or [],
+            include=include or [],
+            exclude=exclude or [],
+            prune=prune,
+        )
+        runtime = Runtime(settings)
+        done = sync_collection(
+            settings,
+            site,
+            collection,
+            specs,
+            embedder=runtime.embedder_for(site),
+            force=yes,
+            dry_run=dry_run,
+            on_error=on_error,  # type: ignore[arg-type]
+            csv_columns=columns,
+            progress=terminal,
+        )
+        _finish_sync(SyncReport([done], dry_run=dry_run), as_json=False)
+        return
+    if not paths:
+        raise InputError("nothing to ingest: pass files or folders, or --url, --sitemap or --s3")
     report = Runtime(settings).ingest(
         site,
         collection,
@@ -240,7 +290,59 @@ def maintain(
         console.print(f"{name}: {n} duplicate rows removed", highlight=False)
 
 
+@handle_errors
+def sync(
+    site: Annotated[str | None, typer.Option("--site", help="Only this site's sources.")] = None,
+    collection: Annotated[str | None, typer.Option("--collection", help="Only this collection.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Fetch and compare; write nothing, remember nothing.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "--force", help="Let a prune remove more than RAG_PRUNE_MAX_FRACTION.")
+    ] = False,
+    on_error: Annotated[
+        str, typer.Option("--on-error", help="skip (default: report bad items, go on) or stop.")
+    ] = "skip",
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Bring every collection up to date from the sources declared in rag.toml (cron, CronJob).
+
+    Exits 1 when any source, item or prune failed; the summary (--json: one JSON object) says which.
+    """
+    from rag_app.core.errors import InputError
+    from rag_app.ingest.sync import sync as run_sync
+    from rag_app.runtime import Runtime
+
+    if on_error not in ("stop", "skip"):
+        raise InputError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
+    settings = load_settings(config, data_dir=data_dir)
+    runtime = Runtime(settings)
+    report = run_sync(
+        settings,
+        site=site,
+        collection=collection,
+        embedder_for=runtime.embedder_for,
+        force=yes,
+        dry_run=dry_run,
+        on_error=on_error,  # type: ignore[arg-type]
+    )
+    _finish_sync(report, as_json=as_json)
+
+
+def _finish_sync(report: SyncReport, *, as_json: bool) -> None:
+    """Print a sync's summary (JSON or lines); exit 1 when anything failed."""
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``ingest``, ``search``, ``stats`` and ``maintain`` to ``app``."""
-    for command in (ingest, search, stats, maintain):
+    """Add ``ingest``, ``sync``, ``search``, ``stats`` and ``maintain`` to ``app``."""
+    for command in (ingest, sync, search, stats, maintain):
         app.command()(command)

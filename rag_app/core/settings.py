@@ -360,7 +360,7 @@ class Settings(BaseSettings):
             model_config = SettingsConfigDict(toml_file=config_file)
 
         loaded = _FromFile(**overrides)
-        return cls.model_construct(**loaded.model_dump())
+        return cls.model_construct(**{name: getattr(loaded, name) for name in cls.model_fields})
 
     # --- derived paths and names ---------------------------------------------------------------
     @property

@@ -152,6 +152,10 @@ class DocumentSummary(BaseModel):
     )
     chunks: int
     date: dt.date | None = Field(description="The document's own date (published/modified), if it has one.")
+    updated: dt.datetime | None = Field(
+        description="When the document's chunks were last written (null for collections indexed before "
+        "schema 2)."
+    )
 
 
 class DocumentList(BaseModel):

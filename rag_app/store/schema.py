@@ -8,6 +8,7 @@ never drift between writes.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,9 @@ import pyarrow as pa
 from rag_app.core.errors import EmbedderMismatchError
 from rag_app.core.types import Chunk
 
-#: "2" added the chunk's place in its document: start_char, end_char, page_start, page_end (nullable).
+#: "2" added the chunk's place in its document: start_char, end_char, page_start, page_end (nullable),
+#: its ``header`` (title > headings, full-text indexed on its own so it can be weighted) and
+#: ``ingested_at`` (when the row was written: the documents listing's "updated").
 #: Tables written by "1" lack those columns; they stay readable (the columns read as null) and writable
 #: (rows are built in the table's own schema), and re-indexing into a fresh table fills them.
 SCHEMA_VERSION = "2"
@@ -29,6 +32,8 @@ META_DIM = b"rag.dimension"
 META_SCHEMA = b"rag.schema_version"
 #: The column the full-text index covers: header line + chunk text (what the embedder saw).
 FTS_COLUMN = "search_text"
+#: The header line alone (title > heading path), indexed separately for title/heading weighting.
+HEADER_COLUMN = "header"
 
 
 def table_name(site: str, collection: str) -> str:
@@ -54,6 +59,8 @@ def chunk_schema(dimension: int, model_id: str) -> pa.Schema:
             pa.field("tags", pa.list_(pa.string())),
             pa.field("metadata_json", pa.string()),
             *(pa.field(name, pa.int32(), nullable=True) for name in OFFSET_COLUMNS),
+            pa.field(HEADER_COLUMN, pa.string()),
+            pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
             pa.field("vector", pa.list_(pa.float32(), dimension)),
         ],
         metadata={
@@ -92,6 +99,11 @@ def chunks_to_table(
         "tags": [c.tags for c in chunks],
         "metadata_json": [json.dumps(c.metadata, default=str, sort_keys=True) for c in chunks],
         **{name: [getattr(c, name) for c in chunks] for name in OFFSET_COLUMNS},
+        # search text = header + "\n" + text (or the text alone): the header is what precedes the text
+        HEADER_COLUMN: [
+            st[: len(st) - len(c.text)].rstrip("\n") for c, st in zip(chunks, search_texts, strict=False)
+        ],
+        "ingested_at": [dt.datetime.now(dt.UTC)] * len(chunks),
     }
     if len(search_texts) != len(chunks) or len(vectors) != len(chunks):
         raise ValueError(f"{len(chunks)} chunks, {len(search_texts)} search texts and {len(vectors)} vectors")

@@ -19,7 +19,7 @@ import numpy as np
 from rag_app.core.errors import InputError
 from rag_app.core.settings import SearchMode
 from rag_app.core.types import Passage, SearchFilters
-from rag_app.store.schema import FTS_COLUMN, OFFSET_COLUMNS, check_embedder
+from rag_app.store.schema import FTS_COLUMN, HEADER_COLUMN, OFFSET_COLUMNS, check_embedder
 from rag_app.store.sql import filter_sql
 
 log = logging.getLogger("rag_app.store.search")
@@ -54,8 +54,12 @@ def search_tables(
     filters: SearchFilters | None,
     ann_ef: int,
     rrf_k: int,
+    title_boost: float = 0.0,
 ) -> list[Passage]:
-    """Top ``k`` chunks over ``(name, table)`` pairs by vector, full-text or hybrid (RRF) search."""
+    """Top ``k`` chunks over ``(name, table)`` pairs by vector, full-text or hybrid (RRF) search.
+
+    ``title_boost`` > 0 adds a match on the chunk's header (title > headings) with that weight to the
+    full-text score, where the table has the header column (schema 2)."""
     where = filter_sql(filters)
     depth = k if mode != "hybrid" else max(2 * k, 50)
     vector_lists: list[list[dict[str, Any]]] = []
@@ -69,7 +73,7 @@ def search_tables(
             check_embedder(table, model_id, len(query_vector), where=name)
             vector_lists.append(vector_query(table, query_vector, depth, where, ann_ef=ann_ef))
         if mode in ("fts", "hybrid"):
-            text_lists.append(fts_query(table, query_text, depth, where))
+            text_lists.append(fts_query(table, query_text, depth, where, title_boost=title_boost))
     vector_hits = _merge_by_score(vector_lists)
     text_hits = _merge_by_score(text_lists)
     if mode == "vector":
@@ -95,8 +99,17 @@ def vector_query(
     return rows
 
 
-def fts_query(table: Any, text: str, k: int, where: str | None) -> list[dict[str, Any]]:
-    query = table.search(fts_query_text(text), query_type="fts", fts_columns=FTS_COLUMN)
+def fts_query(
+    table: Any, text: str, k: int, where: str | None, *, title_boost: float = 0.0
+) -> list[dict[str, Any]]:
+    cleaned = fts_query_text(text)
+    if title_boost > 0 and HEADER_COLUMN in table.schema.names:
+        from lancedb.query import MultiMatchQuery
+
+        match = MultiMatchQuery(cleaned, [FTS_COLUMN, HEADER_COLUMN], boosts=[1.0, title_boost])
+        query = table.search(match, query_type="fts")
+    else:
+        query = table.search(cleaned, query_type="fts", fts_columns=FTS_COLUMN)
     query = query.select([*result_columns(table), "_score"]).limit(k)
     if where:
         query = query.where(where, prefilter=True)

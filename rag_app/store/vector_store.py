@@ -30,7 +30,14 @@ import pyarrow as pa
 from rag_app.core.settings import SearchMode, Settings
 from rag_app.core.types import Passage, SearchFilters
 from rag_app.store.locks import writer_locks
-from rag_app.store.schema import FTS_COLUMN, check_embedder, chunk_schema, stored_embedder, table_name
+from rag_app.store.schema import (
+    FTS_COLUMN,
+    HEADER_COLUMN,
+    check_embedder,
+    chunk_schema,
+    stored_embedder,
+    table_name,
+)
 from rag_app.store.search import search_tables
 from rag_app.store.sql import sql_list
 
@@ -62,6 +69,8 @@ class DocumentInfo:
     doc_hash: str
     chunks: int
     date: dt.date | None
+    #: When the document's rows were last written (None for tables from schema 1).
+    updated: dt.datetime | None = None
 
 
 class VectorStore:
@@ -118,9 +127,13 @@ class VectorStore:
     def list_documents(self, table: Any, *, limit: int, offset: int = 0) -> tuple[int, list[DocumentInfo]]:
         """``(total documents, one page of them ordered by id)``: the chunk rows aggregated by
         ``doc_id`` (title, source and hash are the document's, the same on each of its chunks)."""
-        rows = read_columns(table, ["doc_id", "doc_hash", "title", "source", "date"])
+        stamped = "ingested_at" in table.schema.names
+        rows = read_columns(
+            table, ["doc_id", "doc_hash", "title", "source", "date"] + ["ingested_at"] * stamped
+        )
         firsts = [(c, "first") for c in ("doc_hash", "title", "source", "date")]
-        docs = rows.group_by("doc_id", use_threads=False).aggregate([("doc_id", "count"), *firsts])
+        latest = [("ingested_at", "max")] if stamped else []
+        docs = rows.group_by("doc_id", use_threads=False).aggregate([("doc_id", "count"), *firsts, *latest])
         page = docs.sort_by("doc_id").slice(offset, limit).to_pylist()
         return docs.num_rows, [
             DocumentInfo(
@@ -130,6 +143,7 @@ class VectorStore:
                 doc_hash=d["doc_hash_first"] or "",
                 chunks=d["doc_id_count"],
                 date=d["date_first"],
+                updated=d.get("ingested_at_max"),
             )
             for d in page
         ]
@@ -174,9 +188,10 @@ class VectorStore:
         touched: list[str] = []
         if rows == 0:
             return touched
-        if f"{FTS_COLUMN}_idx" not in existing:
-            table.create_index(FTS_COLUMN, config=FTS(), replace=True)
-            touched.append(f"{FTS_COLUMN}_idx")
+        for column in (FTS_COLUMN, HEADER_COLUMN):
+            if f"{column}_idx" not in existing and column in table.schema.names:
+                table.create_index(column, config=FTS(), replace=True)
+                touched.append(f"{column}_idx")
         has_vector_index = "vector_idx" in existing
         if not has_vector_index and rows >= self.settings.ann_threshold_rows:
             table.create_index("vector", config=ann_index_config(self.settings.ann_index_type), replace=True)
@@ -273,6 +288,7 @@ class VectorStore:
             filters=filters,
             ann_ef=self.settings.ann_ef,
             rrf_k=self.settings.rrf_k,
+            title_boost=self.settings.fts_title_boost,
         )
 
     # ------------------------------------------------------------------------------ fine-tuning

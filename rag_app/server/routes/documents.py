@@ -150,7 +150,13 @@ def list_page(state: ServerState, site: str, collection: str, limit: int, offset
         offset=offset,
         documents=[
             DocumentSummary(
-                id=d.doc_id, title=d.title, source=d.source, hash=d.doc_hash, chunks=d.chunks, date=d.date
+                id=d.doc_id,
+                title=d.title,
+                source=d.source,
+                hash=d.doc_hash,
+                chunks=d.chunks,
+                date=d.date,
+                updated=d.updated,
             )
             for d in docs
         ],
