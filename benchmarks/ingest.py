@@ -31,7 +31,11 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 try:
     from benchmarks._common import DATA_DIR, log, machine_line, temp_dir
@@ -59,6 +63,12 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the temp data dir")
     p.add_argument("--json", action="store_true", help="one JSON line on stdout")
     p.add_argument("--large-mb", type=float, default=None, help="ingest one text file of this many MB")
+    p.add_argument(
+        "--token-only-embedder",
+        action="store_true",
+        help="--large-mb: a STAND-IN embedder (MiniLM's real tokenizer, no model forward) to measure the "
+        "pipeline's own memory at sizes whose embedding takes hours on 2 cores",
+    )
     p.add_argument("--format", choices=["html", "pdf"], default=None, help="pages/s of HTML or PDF files")
     p.add_argument("--pages", type=int, default=None, help="with --format html: how many docs pages")
     args = p.parse_args()
@@ -148,6 +158,37 @@ def write_large_text(path: Path, mb: float) -> int:
     return written
 
 
+STAND_IN = "token-only STAND-IN (no model forward)"
+
+
+class TokenOnlyEmbedder:
+    """A STAND-IN for memory measurements only: the real embedder's tokenizer and identity, but
+    ``embed_documents`` returns seeded unit vectors instead of running the model. Chunking, staging,
+    commit, indexes and the document table run exactly as with the model; what it leaves out is the
+    model's per-batch activations, which do not grow with the document (measure them with a small
+    ``--large-mb`` run of the real model)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.model_id = real.model_id
+        self.max_tokens = real.max_tokens
+        self._rng = np.random.default_rng(0)
+
+    @property
+    def dimension(self) -> int:
+        return self.real.dimension
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.real.token_spans(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        rows = self._rng.standard_normal((len(texts), self.dimension)).astype(np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+
 def large_document(args: argparse.Namespace) -> None:
     """Ingest one ``--large-mb`` text file; report time, chunks and peak RSS over the ingest."""
     with temp_dir(args.workdir, "ingest_large", keep=args.keep) as data_dir:
@@ -158,6 +199,8 @@ def large_document(args: argparse.Namespace) -> None:
             overrides["embed_batch_size"] = args.batch_size
         settings = Settings(**overrides)
         embedder = load_embedder(settings)
+        if args.token_only_embedder:
+            embedder = TokenOnlyEmbedder(embedder)
         base = _rss_mb()
         peak = [base]
         stop = threading.Event()
@@ -170,7 +213,7 @@ def large_document(args: argparse.Namespace) -> None:
         sampler.start()
         log(f"ingesting {size / 1e6:.1f} MB ({src}); RSS before {base:.0f} MB")
         t0 = time.perf_counter()
-        report = ingest_paths(settings, SITE, COLLECTION, [src], progress=False)
+        report = ingest_paths(settings, SITE, COLLECTION, [src], progress=False, embedder=embedder)
         seconds = time.perf_counter() - t0
         stop.set()
         sampler.join()
@@ -182,7 +225,8 @@ def large_document(args: argparse.Namespace) -> None:
         "rss_before_mb": round(base),
         "peak_rss_mb": round(peak[0]),
         "peak_rss_growth_mb": round(peak[0] - base),
-        "precision": embedder.precision,
+        "precision": getattr(embedder, "precision", None),
+        "embedder": STAND_IN if args.token_only_embedder else embedder.model_id,
         "embed_batch_size": settings.embed_batch_size,
         "machine": machine_line(),
     }

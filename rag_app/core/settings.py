@@ -193,6 +193,12 @@ class Settings(BaseSettings):
         "(benchmarks/README.md: a 768-d flat scan passes 50 ms near 25k rows on 2 cores).",
     )
     ann_ef: int = Field(256, ge=1, description="HNSW candidates per query: recall@20 >= 0.97 up to 1M rows.")
+    fts_build_memory_mb: int = Field(
+        128,
+        ge=16,
+        description="Memory cap (MiB) of LanceDB's full-text index build: bounds ingest's peak RSS on huge "
+        "documents (benchmarks/README.md).",
+    )
     ann_index_type: Literal["IVF_HNSW_SQ", "IVF_PQ"] = "IVF_HNSW_SQ"
     max_query_chars: int = Field(8000, ge=1)
     doc_signals: bool = Field(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from rag_app.core.hardware import release_freed_memory
 from rag_app.core.settings import Settings
 from rag_app.core.types import Chunk, Document
 from rag_app.ingest.chunking import embedding_text, iter_chunks
@@ -108,8 +109,11 @@ class StreamWriter:
         report: IngestReport,
         progress: bool,
         on_batch: Callable[[int], None] | None,
+        stored_ids: Collection[str] = (),
     ) -> None:
         self.settings, self.store, self.table, self.embedder = settings, store, table, embedder
+        #: Documents the table holds now: a commit of none of them is an append, not a merge.
+        self.stored_ids = stored_ids
         self.fingerprint, self.report, self.on_batch = fingerprint, report, on_batch
         self.progress = progress
         self.buffer: list[Chunk] = []
@@ -161,7 +165,9 @@ class StreamWriter:
     def _commit(self, spill: RowSpill) -> None:
         if not self.doc_ids:
             return
-        self.store.replace_documents(self.table, spill.reader(), self.doc_ids)
+        all_new = not any(doc_id in self.stored_ids for doc_id in self.doc_ids)
+        self.store.replace_documents(self.table, spill.reader(), self.doc_ids, all_new=all_new)
+        release_freed_memory()  # what the commit's threads freed, before the next batch is embedded
         self.report.chunks_written += spill.rows
         spill.reset()
         self.doc_ids = []

@@ -40,7 +40,10 @@ META_DOC_VECTOR = b"rag.doc_vector"
 #: Characters of a document kept for its full-text entry (a 50 MB book needs no more to be found).
 MAX_DOC_TEXT_CHARS = 200_000
 #: Documents read from the chunk table at a time while building (bounds memory on large tables).
-BUILD_DOCS_PER_READ = 256
+BUILD_DOCS_PER_READ = 64
+#: Leading chunks of a document read to build its row: enough for :data:`MAX_DOC_TEXT_CHARS` of text,
+#: so a 50 MB document's row costs what its first pages do, not the whole document.
+MAX_DOC_CHUNKS = 256
 
 
 def doc_table_name(chunk_table_name: str) -> str:
@@ -172,19 +175,29 @@ def _all_doc_ids(chunk_table: Any) -> list[str]:
 
 
 def _doc_rows(chunk_table: Any, doc_ids: list[str], schema: pa.Schema) -> pa.Table:
-    """One row per document of ``doc_ids`` that the chunk table holds (absent ones are skipped)."""
+    """One row per document of ``doc_ids`` that the chunk table holds (absent ones are skipped).
+
+    Reads each document's first :data:`MAX_DOC_CHUNKS` chunks only (the document vector is the first
+    chunk's, the text is cut at :data:`MAX_DOC_TEXT_CHARS`) and the chunk count from the ids alone.
+    """
     where = f"doc_id IN ({sql_list(doc_ids)})"
-    count = chunk_table.count_rows(where)
-    if count == 0:
+    ids = chunk_table.search().where(where).select(["doc_id"]).limit(max(1, chunk_table.count_rows(where)))
+    counts: dict[str, int] = {}
+    for doc_id in ids.to_arrow()["doc_id"].to_pylist():
+        counts[doc_id] = counts.get(doc_id, 0) + 1
+    if not counts:
         return schema.empty_table()
+    head = f"{where} AND chunk_index < {MAX_DOC_CHUNKS}"
     chunks = (
         chunk_table.search()
-        .where(where)
+        .where(head)
         .select(["doc_id", "chunk_index", "title", "text", "vector"])
-        .limit(count)
+        .limit(max(1, chunk_table.count_rows(head)))
         .to_arrow()
     )
-    vectors = np.asarray(chunks["vector"].combine_chunks().flatten(), dtype=np.float32).reshape(count, -1)
+    vectors = np.asarray(chunks["vector"].combine_chunks().flatten(), dtype=np.float32).reshape(
+        chunks.num_rows, -1
+    )
     groups: dict[str, list[int]] = {}
     for i, doc_id in enumerate(chunks["doc_id"].to_pylist()):
         groups.setdefault(doc_id, []).append(i)
@@ -199,7 +212,7 @@ def _doc_rows(chunk_table: Any, doc_ids: list[str], schema: pa.Schema) -> pa.Tab
         out_ids.append(doc_id)
         out_titles.append(title)
         out_texts.append((f"{title}\n{body}" if title else body)[:MAX_DOC_TEXT_CHARS])
-        out_counts.append(len(rows))
+        out_counts.append(counts[doc_id])
         out_vectors.append(vectors[rows[0]])
     dim = schema.field("vector").type.list_size
     flat = np.asarray(out_vectors, dtype=np.float32).reshape(-1)

@@ -150,15 +150,28 @@ class VectorStore:
 
     # ------------------------------------------------------------------------------ writes
     def replace_documents(
-        self, table: Any, rows: pa.Table | pa.RecordBatchReader, doc_ids: Iterable[str]
+        self,
+        table: Any,
+        rows: pa.Table | pa.RecordBatchReader,
+        doc_ids: Iterable[str],
+        *,
+        all_new: bool = False,
     ) -> None:
         """Atomically make ``rows`` the only chunks of ``doc_ids`` (one commit).
+
+        ``all_new``: none of ``doc_ids`` is in the table (the caller checked under the writer lock), so
+        the rows are appended instead of merged.
 
         ``rows`` may be a stream (a ``RecordBatchReader``): the commit then reads it batch by batch,
         so a large document's rows need not all be in memory at once to land in one commit.
         """
         ids = sorted(set(doc_ids))
         if not ids:
+            return
+        if all_new:
+            # Nothing to replace: an append streams the rows into new fragments in one commit, where
+            # merge_insert's join would hold them all (a 50 MB document's rows are ~200 MB of Arrow).
+            table.add(rows)
             return
         (
             table.merge_insert("id")
@@ -190,7 +203,8 @@ class VectorStore:
             return touched
         for column in (FTS_COLUMN, HEADER_COLUMN):
             if f"{column}_idx" not in existing and column in table.schema.names:
-                table.create_index(column, config=FTS(), replace=True)
+                fts = FTS(memory_limit=self.settings.fts_build_memory_mb, num_workers=1)
+                table.create_index(column, config=fts, replace=True)
                 touched.append(f"{column}_idx")
         has_vector_index = "vector_idx" in existing
         if not has_vector_index and rows >= self.settings.ann_threshold_rows:
