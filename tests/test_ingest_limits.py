@@ -70,7 +70,9 @@ def test_multi_mb_document_streams_in_embed_batches_and_commits_once(
     committed_batches: list[int] = []  # rows per batch as the commit pulls them from the staging file
     replace = VectorStore.replace_documents
 
-    def streamed_replace(store: VectorStore, table: object, rows: object, doc_ids: list[str]) -> None:
+    def streamed_replace(
+        store: VectorStore, table: object, rows: object, doc_ids: list[str], *, all_new: bool = False
+    ) -> None:
         assert isinstance(rows, pa.RecordBatchReader)  # a stream off disk, never the document's rows at once
 
         def counted() -> Iterator[pa.RecordBatch]:
@@ -78,7 +80,9 @@ def test_multi_mb_document_streams_in_embed_batches_and_commits_once(
                 committed_batches.append(batch.num_rows)
                 yield batch
 
-        replace(store, table, pa.RecordBatchReader.from_batches(rows.schema, counted()), doc_ids)
+        replace(
+            store, table, pa.RecordBatchReader.from_batches(rows.schema, counted()), doc_ids, all_new=all_new
+        )
 
     monkeypatch.setattr(VectorStore, "replace_documents", streamed_replace)
     report = ingest_documents(

@@ -415,7 +415,8 @@ def test_cli_optimize(cli_env: Path, programs_dir: Path, tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert len(payload["trials"]) == 18 and payload["ran"] == 18 and payload["n_queries"] == 2
+    # 3 k x 3 modes x 3 document options x rerank off/on; no LM, so no query rewrites
+    assert len(payload["trials"]) == 54 and payload["ran"] == 54 and payload["n_queries"] == 2
     assert Path(payload["path"]) == programs_dir / "builddaily" / "retrieval.json"
     assert {Path(p).name for p in payload["report_files"].values()} == {
         "report.json",
@@ -426,7 +427,7 @@ def test_cli_optimize(cli_env: Path, programs_dir: Path, tmp_path: Path) -> None
         cli(), [*base, "--retrieval-only", "--dev", str(EVAL / "builddaily.jsonl"), "--limit", "2"]
     )
     assert table.exit_code == 0, table.output
-    assert "k=30 hybrid+rerank" in table.output and "18 trial(s) resumed" in table.output
+    assert "k=30 hybrid+rerank" in table.output and "54 trial(s) resumed" in table.output
     assert f"best: k={payload['best']['k']} {payload['best']['mode']}" in table.output
     bad_metric = runner.invoke(
         cli(), [*base, "--retrieval-only", "--dev", str(EVAL / "builddaily.jsonl"), "--metric", "ndcg"]
