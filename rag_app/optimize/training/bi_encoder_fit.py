@@ -18,7 +18,6 @@ transformers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -32,12 +31,12 @@ import torch.nn.functional as F
 
 from rag_app.optimize.training.dev_metrics import doc_order, mean_metrics, query_metrics
 from rag_app.optimize.training.fit_common import (
-    add_common_flags,
+    FitConfig,
     autocast,
     linear_schedule,
-    print_progress,
     resolve_device,
     run_key,
+    run_main,
     seed_all,
     total_steps,
 )
@@ -53,22 +52,10 @@ PIPELINE_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_
 
 
 @dataclass(frozen=True)
-class BiEncoderFitConfig:
-    """Every knob of a bi-encoder fit (the CLI flags of :func:`main`)."""
+class BiEncoderFitConfig(FitConfig):
+    """Every knob of a bi-encoder fit: :class:`FitConfig` with in-batch negatives' larger batch."""
 
-    pairs: Path
-    base: Path
-    out: Path
-    device: str = "auto"
-    epochs: float = 1.0
     batch_size: int = 32
-    max_length: int = 256
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    lr: float = 2e-5
-    eval_every: int = 50
-    seed: int = 0
-    warmup_ratio: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -229,29 +216,13 @@ def fit_bi_encoder(config: BiEncoderFitConfig, progress: Progress | None = None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rag_app.optimize.training.bi_encoder_fit", description=__doc__.split("\n")[0]
+    return run_main(
+        "python -m rag_app.optimize.training.bi_encoder_fit",
+        __doc__ or "",
+        BiEncoderFitConfig,
+        fit_bi_encoder,
+        argv,
     )
-    add_common_flags(parser, lr=2e-5, batch_size=32)
-    config = BiEncoderFitConfig(**vars(parser.parse_args(argv)))
-    try:
-        result = fit_bi_encoder(config, progress=print_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    keys = (
-        "best_dir",
-        "device",
-        "steps",
-        "total_steps",
-        "complete",
-        "minutes",
-        "before",
-        "best",
-        "best_step",
-    )
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ Imports only stdlib, numpy, torch and transformers: it runs on a machine without
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,14 +28,14 @@ import torch
 
 from rag_app.optimize.training.dev_metrics import doc_order, mean_metrics, query_metrics
 from rag_app.optimize.training.fit_common import (
-    add_common_flags,
+    FitConfig,
     autocast,
     keep_head_fp32,
     linear_schedule,
     plain_heads,
-    print_progress,
     resolve_device,
     run_key,
+    run_main,
     seed_all,
     total_steps,
 )
@@ -48,22 +46,8 @@ __all__ = ["CrossEncoderFitConfig", "dev_lists", "fit_cross_encoder", "load_cros
 
 
 @dataclass(frozen=True)
-class CrossEncoderFitConfig:
-    """Every knob of a cross-encoder fit (the CLI flags of :func:`main`)."""
-
-    pairs: Path
-    base: Path
-    out: Path
-    device: str = "auto"
-    epochs: float = 1.0
-    batch_size: int = 16
-    max_length: int = 256
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    lr: float = 2e-5
-    eval_every: int = 50
-    seed: int = 0
-    warmup_ratio: float = 0.1
+class CrossEncoderFitConfig(FitConfig):
+    """Every knob of a cross-encoder fit (:class:`FitConfig`)."""
 
 
 def load_cross_encoder(base: Path) -> tuple[Any, Any, bool]:
@@ -227,34 +211,13 @@ def fit_cross_encoder(config: CrossEncoderFitConfig, progress: Progress | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rag_app.optimize.training.cross_encoder_fit", description=__doc__.split("\n")[0]
+    return run_main(
+        "python -m rag_app.optimize.training.cross_encoder_fit",
+        __doc__ or "",
+        CrossEncoderFitConfig,
+        fit_cross_encoder,
+        argv,
     )
-    add_common_flags(parser, lr=2e-5, batch_size=16)
-    args = parser.parse_args(argv)
-    config = CrossEncoderFitConfig(**{k: v for k, v in vars(args).items()})
-    try:
-        result = fit_cross_encoder(config, progress=print_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = {
-        k: result[k]
-        for k in (
-            "best_dir",
-            "device",
-            "steps",
-            "total_steps",
-            "complete",
-            "minutes",
-            "before",
-            "base",
-            "best",
-            "best_step",
-        )
-    }
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,62 @@ def total_steps(n_rows: int, batch_size: int, epochs: float, max_steps: int | No
     """Steps of the whole run: ``epochs`` passes of ``n_rows`` in batches, capped by ``max_steps``."""
     steps = max(1, math.ceil(epochs * math.ceil(n_rows / batch_size)))
     return min(steps, max_steps) if max_steps else steps
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every knob of a fit (the CLI flags of the fit modules' ``main``)."""
+
+    pairs: Path
+    base: Path
+    out: Path
+    device: str = "auto"
+    epochs: float = 1.0
+    batch_size: int = 16
+    max_length: int = 256
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    lr: float = 2e-5
+    eval_every: int = 50
+    seed: int = 0
+    warmup_ratio: float = 0.1
+
+
+#: What a fit entry point prints (the keys of the fit's result it has).
+SUMMARY_KEYS = (
+    "best_dir",
+    "device",
+    "steps",
+    "total_steps",
+    "complete",
+    "minutes",
+    "before",
+    "base",
+    "best",
+    "best_step",
+)
+
+
+def run_main(
+    prog: str,
+    doc: str,
+    config_class: type[FitConfig],
+    fit: Any,
+    argv: Sequence[str] | None,
+) -> int:
+    """The ``python -m`` entry point of a fit module: flags -> config -> fit -> JSON summary (exit 2 on
+    bad input, with the reason)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    defaults = config_class.__dataclass_fields__
+    add_common_flags(parser, lr=defaults["lr"].default, batch_size=defaults["batch_size"].default)
+    config = config_class(**vars(parser.parse_args(argv)))
+    try:
+        result = fit(config, progress=print_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: result[k] for k in SUMMARY_KEYS if k in result}, indent=2))
+    return 0
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, lr: float, batch_size: int) -> None:
