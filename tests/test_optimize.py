@@ -321,11 +321,11 @@ def test_retrieval_search_learns_document_options_and_query_rewrites(
     dev = EVAL / "builddaily.jsonl"
     one = {"ks": (10,), "modes": ("fts",), "reranks": (False,), "limit": 4, "progress": False}
     result = search_retrieval_config(settings, "builddaily", dev, **one)
-    assert [r.trial.docs for r in result.trials] == ["chunks", "cap2", "doc"]
+    assert [r.trial.docs for r in result.trials] == ["chunks", "cap2", "title", "doc"]
     assert {r.trial.rewrite for r in result.trials} == {"none"}
     assert any("no LM configured" in n for n in result.notes)
     best = json.loads(result.path.read_text())["best"]
-    assert {"doc_signals", "max_chunks_per_doc", "rewrite"} <= set(best)
+    assert {"doc_signals", "max_chunks_per_doc", "rewrite", "fts_title_boost"} <= set(best)
     retriever = LanceDBRetriever(settings, "builddaily")
     assert (retriever.doc_signals, retriever.max_chunks_per_doc) == (
         best["doc_signals"],
@@ -415,8 +415,8 @@ def test_cli_optimize(cli_env: Path, programs_dir: Path, tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    # 3 k x 3 modes x 3 document options x rerank off/on; no LM, so no query rewrites
-    assert len(payload["trials"]) == 54 and payload["ran"] == 54 and payload["n_queries"] == 2
+    # 3 k x 3 modes x 4 document options x rerank off/on; no LM, so no query rewrites
+    assert len(payload["trials"]) == 72 and payload["ran"] == 72 and payload["n_queries"] == 2
     assert Path(payload["path"]) == programs_dir / "builddaily" / "retrieval.json"
     assert {Path(p).name for p in payload["report_files"].values()} == {
         "report.json",
@@ -427,7 +427,7 @@ def test_cli_optimize(cli_env: Path, programs_dir: Path, tmp_path: Path) -> None
         cli(), [*base, "--retrieval-only", "--dev", str(EVAL / "builddaily.jsonl"), "--limit", "2"]
     )
     assert table.exit_code == 0, table.output
-    assert "k=30 hybrid+rerank" in table.output and "54 trial(s) resumed" in table.output
+    assert "k=30 hybrid+rerank" in table.output and "72 trial(s) resumed" in table.output
     assert f"best: k={payload['best']['k']} {payload['best']['mode']}" in table.output
     bad_metric = runner.invoke(
         cli(), [*base, "--retrieval-only", "--dev", str(EVAL / "builddaily.jsonl"), "--metric", "ndcg"]

@@ -53,7 +53,6 @@ from rag_app.models.rerank import unavailable_note
 log = logging.getLogger("rag_app.answering.grounded")
 
 
-
 # ===================================================================================== the base class
 
 

@@ -215,7 +215,6 @@ def mean_metrics(
 # --- answer metrics ------------------------------------------------------------------------------
 
 
-
 def _golds(gold: str | Sequence[str]) -> list[str]:
     golds = [gold] if isinstance(gold, str) else list(gold)
     if not golds:

@@ -1,7 +1,7 @@
 """Retrieval-configuration search, no LM needed: ``rag-app optimize --site S --retrieval-only --dev FILE``.
 
 Tries every ``k`` in (10, 20, 30) x mode in (vector, fts, hybrid) x document handling (chunks, cap2,
-doc) x rerank (off, on), and with an LM also the query rewrites (multi, hyde)
+title, doc) x rerank (off, on), and with an LM also the query rewrites (multi, hyde)
 (:mod:`rag_app.optimize.trials`) on the site's judged eval rows and saves the best to
 ``<state-dir>/<site>/retrieval.json``, which :class:`rag_app.retrieval.retriever.LanceDBRetriever`
 reads for its ``default_k``/``default_mode``.
@@ -231,6 +231,7 @@ def _run_trial(
                     doc_signals=trial.doc_signals,
                     max_chunks_per_doc=trial.max_chunks_per_doc,
                     rewrite=trial.rewrite,
+                    title_boost=trial.title_boost,
                 ).passages
             )
             for row in rows
@@ -265,6 +266,7 @@ def _payload(
             "rerank": best.trial.rerank,
             "doc_signals": best.trial.doc_signals,
             "max_chunks_per_doc": best.trial.max_chunks_per_doc,
+            "fts_title_boost": best.trial.title_boost,
             "rewrite": best.trial.rewrite,
             "score": best.score(metric),
             "metric": metric,

@@ -2,7 +2,8 @@
 
 A trial is one ``k`` x search mode x rerank (off/on) x document handling x query rewriting
 combination. Document handling (:data:`DOC_OPTIONS`): ``chunks`` (plain chunk ranking), ``cap2`` (at
-most 2 chunks of a document in the top k), ``doc`` (document-level fusion plus that cap; see
+most 2 chunks of a document in the top k), ``title`` (that cap, and a title/heading match weighted 2
+in full-text search), ``doc`` (document-level fusion plus the cap; see
 :mod:`rag_app.retrieval.doc_aware`). Query rewriting (:data:`REWRITE_OPTIONS`, only tried when an LM is
 configured): ``none``, ``multi`` (multi-query fusion), ``hyde`` (a hypothetical passage).
 
@@ -25,8 +26,13 @@ from rag_app.retrieval.retriever import REWRITES
 
 DEFAULT_TRIAL_KS: tuple[int, ...] = (10, 20, 30)
 RERANK_OPTIONS: tuple[bool, ...] = (False, True)
-#: Document handling -> (doc_signals, max_chunks_per_doc), cheapest first.
-DOC_OPTIONS: dict[str, tuple[bool, int]] = {"chunks": (False, 0), "cap2": (False, 2), "doc": (True, 2)}
+#: Document handling -> (doc_signals, max_chunks_per_doc, fts_title_boost), cheapest first.
+DOC_OPTIONS: dict[str, tuple[bool, int, float]] = {
+    "chunks": (False, 0, 0.0),
+    "cap2": (False, 2, 0.0),
+    "title": (False, 2, 2.0),
+    "doc": (True, 2, 0.0),
+}
 #: Query rewriting, cheapest first (the LM ones only run when an LM is configured).
 REWRITE_OPTIONS: tuple[str, ...] = REWRITES
 DEFAULT_METRIC = "ndcg@10"
@@ -70,6 +76,10 @@ class Trial:
     @property
     def max_chunks_per_doc(self) -> int:
         return DOC_OPTIONS[self.docs][1]
+
+    @property
+    def title_boost(self) -> float:
+        return DOC_OPTIONS[self.docs][2]
 
 
 @dataclass

@@ -20,7 +20,7 @@ def retrieval_config_path(settings: Settings, site: str) -> Path:
 
 def load_retrieval_config(settings: Settings, site: str) -> dict[str, Any]:
     """The saved best retrieval configuration of a site (``{"k", "mode", "rerank", "doc_signals",
-    "max_chunks_per_doc", "rewrite"}``, each only if saved), or ``{}``."""
+    "max_chunks_per_doc", "rewrite", "fts_title_boost"}``, each only if saved), or ``{}``."""
     path = retrieval_config_path(settings, site)
     if not path.is_file():
         return {}
@@ -29,5 +29,5 @@ def load_retrieval_config(settings: Settings, site: str) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable retrieval config ({exc}); fix or delete it") from exc
     best = data.get("best", data)
-    keys = ("k", "mode", "rerank", "doc_signals", "max_chunks_per_doc", "rewrite")
+    keys = ("k", "mode", "rerank", "doc_signals", "max_chunks_per_doc", "rewrite", "fts_title_boost")
     return {key: best[key] for key in keys if key in best}

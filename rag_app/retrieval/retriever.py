@@ -74,6 +74,8 @@ class LanceDBRetriever(dspy.Module):
         self.max_chunks_per_doc: int = int(saved.get("max_chunks_per_doc", settings.max_chunks_per_doc))
         #: Query rewriting (:mod:`rag_app.retrieval.query_rewrite`): "none", "multi" or "hyde".
         self.rewrite: str = str(saved.get("rewrite", "none"))
+        #: Weight of a title/heading match in full-text search (0 = off).
+        self.title_boost: float = float(saved.get("fts_title_boost", settings.fts_title_boost))
         self._embedder = embedder
         #: Called on the first vector or hybrid search when no ``embedder`` was given (the runtime
         #: passes its shared one); without either the retriever loads its own.
@@ -96,10 +98,12 @@ class LanceDBRetriever(dspy.Module):
         doc_signals: bool | None = None,
         max_chunks_per_doc: int | None = None,
         rewrite: str | None = None,
+        title_boost: float | None = None,
     ) -> dspy.Prediction:
         """Return ``dspy.Prediction(passages=[Passage...], timings={"embed_ms", "search_ms"}, notes)``.
 
-        ``doc_signals``, ``max_chunks_per_doc`` and ``rewrite`` override the site's saved choices (the
+        ``doc_signals``, ``max_chunks_per_doc``, ``rewrite`` and ``title_boost`` override the site's saved
+        choices (the
         retrieval-configuration search tries each). Rewriting runs only when an LM is configured in
         DSPy's context; otherwise the original query is used and ``notes`` says so.
         """
@@ -139,6 +143,7 @@ class LanceDBRetriever(dspy.Module):
             filters=as_filters(filters),
             doc_signals=self.doc_signals if doc_signals is None else doc_signals,
             max_per_doc=self.max_chunks_per_doc if max_chunks_per_doc is None else max_chunks_per_doc,
+            title_boost=self.title_boost if title_boost is None else title_boost,
         )
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
         return dspy.Prediction(passages=passages, timings=timings, mode=mode, notes=notes)
@@ -169,6 +174,7 @@ class LanceDBRetriever(dspy.Module):
         filters: SearchFilters | None,
         doc_signals: bool,
         max_per_doc: int,
+        title_boost: float,
     ) -> list[Passage]:
         """Chunk search for each (text, vector) query, fused; then document-aware ordering if on."""
 
@@ -182,6 +188,7 @@ class LanceDBRetriever(dspy.Module):
                 query_vector=vector,
                 model_id=model_id,
                 filters=where,
+                title_boost=title_boost,
             )
 
         depth = max(DOC_POOL_FACTOR * k, DOC_POOL_MIN) if (doc_signals or max_per_doc) else k

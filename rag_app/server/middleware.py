@@ -128,11 +128,7 @@ class RequestContextMiddleware:
         except Exception:
             log.error("unhandled error serving %s %s", scope.get("method"), scope.get("path"), exc_info=True)
             if not status["started"]:
-                await reply(
-                    ApiError(
-                        500, "internal_error", INTERNAL_MESSAGE
-                    )
-                )
+                await reply(ApiError(500, "internal_error", INTERNAL_MESSAGE))
         finally:
             duration = time.perf_counter() - start
             route = _route_label(scope)

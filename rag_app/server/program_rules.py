@@ -32,6 +32,7 @@ SECTORS: tuple[str, ...] = (
     "Utilities",
 )
 
+
 @dataclass(frozen=True)
 class ProgramInputRules:
     """What the server adds to a site program's ``Input`` schema (the programs live in ``programs/``).
@@ -105,4 +106,3 @@ def check_program_rules(inputs: BaseModel, rules: ProgramInputRules | None) -> l
                 {"loc": (name,), "msg": f"{value!r} is not one of: {', '.join(values)}", "type": "enum"}
             )
     return errors
-

@@ -25,8 +25,7 @@ from rag_app.core.types import Citation, Passage, SearchFilters
 #: explicit class, because ``\s`` differs between Python, pydantic's Rust engine and JSON Schema's ECMA
 #: regexes, and the published pattern must reject exactly what the programs' ``not_blank`` rejects.
 NOT_BLANK = (
-    "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029"
-    "\\u202f\\u205f\\u3000]"
+    "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 )
 _NOT_BLANK_RE = re.compile(NOT_BLANK)
 

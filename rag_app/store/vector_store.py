@@ -289,8 +289,11 @@ class VectorStore:
         query_vector: np.ndarray | None,
         model_id: str | None,
         filters: SearchFilters | None = None,
+        title_boost: float | None = None,
     ) -> list[Passage]:
-        """Top ``k`` chunks of ``site`` over ``collections`` by vector, full-text or hybrid (RRF) search."""
+        """Top ``k`` chunks of ``site`` over ``collections`` by vector, full-text or hybrid (RRF) search.
+
+        ``title_boost``: weight of a header match in full-text search (``None``: the setting)."""
         tables = [(table_name(site, c), self.open_table(site, c)) for c in collections]
         return search_tables(
             [(name, table) for name, table in tables if table is not None],
@@ -302,7 +305,7 @@ class VectorStore:
             filters=filters,
             ann_ef=self.settings.ann_ef,
             rrf_k=self.settings.rrf_k,
-            title_boost=self.settings.fts_title_boost,
+            title_boost=self.settings.fts_title_boost if title_boost is None else title_boost,
         )
 
     # ------------------------------------------------------------------------------ fine-tuning
