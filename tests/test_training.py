@@ -322,6 +322,11 @@ def test_saved_model_guard_needs_force(tmp_path: Path) -> None:
     )
     better = {"ndcg@10": 0.9, "mrr@5": 0.9}
     check_activation(settings, "sagedaily", "reranker", new=better, force=False, **kwargs)  # type: ignore[arg-type]
+    # A gain inside the margin (RAG_FINETUNE_MIN_GAIN, default 0.02) is refused too.
+    with pytest.raises(ModelNotActivatedError, match=r"by more than 0\.02"):
+        check_activation(
+            settings, "sagedaily", "reranker", new={"ndcg@10": 0.51, "mrr@5": 0.6}, force=True, **kwargs
+        )  # type: ignore[arg-type]
     # Not beating what it replaces is refused, --force or not, with both scores.
     with pytest.raises(ModelNotActivatedError, match=r"scores dev ndcg@10 0.400 .* scores ndcg@10 0.500"):
         check_activation(

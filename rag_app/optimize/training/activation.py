@@ -52,12 +52,17 @@ def check_activation(
     model_dir: Path,
     force: bool,
 ) -> str:
-    """Raise unless the model in ``model_dir`` may be activated; else a one-line reason it may."""
-    if not better(new, replaced):
+    """Raise unless the model in ``model_dir`` may be activated; else a one-line reason it may.
+
+    It must beat what it replaces on the dev split by more than ``settings.finetune_min_gain``: a small
+    dev gain picked from many checkpoints is mostly selection noise (README, "Fine-tuned reranker")."""
+    margin = settings.finetune_min_gain
+    if not better(new, replaced, margin=margin):
         raise ModelNotActivatedError(
             f"not activated: the fine-tuned {kind} for {site} scores dev {_score(new)}, {replaced_is} scores "
-            f"{_score(replaced)}; it must beat that. The model and its card stay in {model_dir}. Train "
-            "longer (--max-steps/--max-minutes, or --device cuda on a GPU) or on more labelled queries"
+            f"{_score(replaced)}; it must beat that by more than {margin:g} (RAG_FINETUNE_MIN_GAIN). The "
+            f"model and its card stay in {model_dir}. Train longer (--max-steps/--max-minutes, or --device "
+            "cuda on a GPU) or on more labelled queries"
         )
     entry = active_models(settings, site).get(kind)
     if entry is not None and not force and Path(entry["path"]).resolve() != model_dir.resolve():
