@@ -28,7 +28,6 @@ from rag_app.ingest.chunking import document_hash, has_text
 from rag_app.ingest.loaders import OnError, load_paths
 from rag_app.ingest.writer import StreamWriter
 from rag_app.models.embeddings import Embedder, load_embedder
-from rag_app.store.doc_index import refresh_doc_table
 from rag_app.store.schema import check_embedder, table_name
 from rag_app.store.vector_store import VectorStore
 
@@ -187,15 +186,13 @@ def ingest_documents(
         # memory one freed is returned to the OS before the next, so peaks do not stack (a 50 MB
         # document's ingest peaked 1,260 MB without this: benchmarks/README.md).
         release_freed_memory()
-        report.indexes = store.refresh_indexes(table, changed=bool(pending or report.removed_ids))
-        release_freed_memory()
-        refresh_doc_table(
-            store.db,
+        report.indexes = store.refresh_indexes(
             table,
-            table_name(site, collection),
-            doc_ids=[d.id for d in pending],
+            changed=bool(pending or report.removed_ids),
+            documents=[d.id for d in pending],
             removed=report.removed_ids,
         )
+        release_freed_memory()
     report.seconds = time.perf_counter() - start
     return report
 

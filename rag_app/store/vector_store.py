@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rag_app.core.hardware import release_freed_memory
 from rag_app.core.settings import SearchMode, Settings
 from rag_app.core.types import Passage, SearchFilters
+from rag_app.store.doc_index import refresh_doc_table
 from rag_app.store.locks import writer_locks
 from rag_app.store.schema import (
     FTS_COLUMN,
@@ -186,16 +188,28 @@ class VectorStore:
         if ids:
             table.delete(f"doc_id IN ({sql_list(ids)})")
 
-    def refresh_indexes(self, table: Any, *, changed: bool = True) -> list[str]:
-        """Full-text index always; the ANN index once the table passes ``ann_threshold_rows``.
+    def refresh_indexes(
+        self,
+        table: Any,
+        *,
+        changed: bool = True,
+        documents: Iterable[str] | None = (),
+        removed: Iterable[str] = (),
+    ) -> list[str]:
+        """Full-text index always; the ANN index once the table passes ``ann_threshold_rows``; the
+        document table (:mod:`rag_app.store.doc_index`) for ``documents`` written and ``removed``
+        (``documents=None``: every document, after a whole-table rewrite).
 
         Below the threshold a flat scan is both exact and fast enough (see README benchmarks).
         ``changed=False`` (nothing was written) only creates indexes that are missing: ``optimize``
         compacts and re-indexes, which commits new table versions even when no row changed.
-        Returns the names of indexes created or updated.
+        Every writer calls this after its commit, so the derived structures follow each write here
+        rather than at each call site. Returns the names of chunk-table indexes created or updated.
         """
         from lancedb.index import FTS
 
+        refresh_doc_table(self.db, table, table.name, doc_ids=documents, removed=removed)
+        release_freed_memory()  # what the document table's reads freed, before an index build
         rows = table.count_rows()
         existing = {idx.name: idx for idx in table.list_indices()}
         touched: list[str] = []
@@ -351,7 +365,7 @@ class VectorStore:
         arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=schema.field("vector").type))
         data = pa.Table.from_arrays(arrays, schema=schema)
         table = self.db.create_table(table_name(site, collection), data, schema=schema, mode="overwrite")
-        self.refresh_indexes(table)
+        self.refresh_indexes(table, documents=None)  # new vectors: every document row is rebuilt
         return table
 
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from rag_app.core.settings import Settings
 from rag_app.models.embeddings import Embedder
-from rag_app.store.doc_index import refresh_doc_table
-from rag_app.store.schema import FTS_COLUMN, stored_embedder, table_name
+from rag_app.store.schema import FTS_COLUMN, stored_embedder
 from rag_app.store.vector_store import VectorStore
 
 __all__ = ["ReembedResult", "reembed_site"]
@@ -70,7 +69,6 @@ def reembed_site(
                 if progress is not None:
                     progress(collection, min(start + batch, len(texts)), len(texts))
             vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
-            new_table = store.rewrite_vectors(site, collection, rows, vectors, embedder.model_id)
-            refresh_doc_table(store.db, new_table, table_name(site, collection), doc_ids=None)
+            store.rewrite_vectors(site, collection, rows, vectors, embedder.model_id)
             results.append(ReembedResult(collection, len(texts), old_model, embedder.model_id, False))
     return results

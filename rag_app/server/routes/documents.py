@@ -44,7 +44,6 @@ from rag_app.server.routes.shared import api_key, authorize, check_site
 from rag_app.server.schemas import ERROR_RESPONSES, parse_body
 from rag_app.server.state import ServerState
 from rag_app.server.uploads import read_bounded, read_files
-from rag_app.store.doc_index import refresh_doc_table
 from rag_app.store.schema import table_name
 from rag_app.store.sql import sql_str
 
@@ -179,8 +178,7 @@ def delete_document(state: ServerState, site: str, collection: str, doc_id: str)
                 f"no document {doc_id!r} in {table_name(site, collection)} (GET {DOCUMENTS_PATH} lists them)",
             )
         store.delete_documents(table, [doc_id])
-        store.refresh_indexes(table, changed=True)
-        refresh_doc_table(store.db, table, table_name(site, collection), doc_ids=[], removed=[doc_id])
+        store.refresh_indexes(table, changed=True, removed=[doc_id])
     return chunks
 
 
