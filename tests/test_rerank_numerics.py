@@ -101,7 +101,7 @@ THRESHOLDS: dict[str, tuple[float, float, float, int]] = {
 
 #: Largest share of tied scores a backend may produce over the 10 x 20 pairs (fp32 gives 0). With the
 #: head cast to bf16 like the encoder, the logit keeps 8 significant bits and ties appear (a bf16-autocast
-#: run of a fine-tuned MiniLM tied 4,709 of 6,000 SciFact scores); the head stays fp32 (backends/head.py).
+#: run of a fine-tuned MiniLM tied 4,709 of 6,000 SciFact scores); the head stays fp32 (models/fp32_head.py).
 #: Measured on this model: torch-bf16 0.000 with the fp32 head, 0.015 with the head cast to bf16 too.
 MAX_TIE_RATE = 0.01
 

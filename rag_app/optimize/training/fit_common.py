@@ -23,14 +23,15 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from rag_app.models.fp32_head import Fp32Head, keep_head_fp32, plain_heads
 
 __all__ = [
     "Budget",
@@ -71,48 +72,6 @@ def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-class Fp32Head(nn.Module):
-    """Runs ``head`` with autocast off on fp32 inputs, so the final logit keeps fp32 resolution.
-
-    Why: a 1-logit score computed in bf16 has 8 significant bits, and candidates tie (see
-    ``rag_app/models/rerank/backends/head.py``). The head is tiny; fp32 costs nothing measurable.
-    """
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head.float()
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            return self.head(hidden_states.float(), *args, **kwargs)
-
-
-def keep_head_fp32(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """Wrap ``model``'s pooler and classifier in :class:`Fp32Head`; the (parent, attribute) wrapped."""
-    wrapped: list[tuple[nn.Module, str]] = []
-    base = getattr(model, "base_model", None)
-    for parent, name in ((base, "pooler"), (model, "classifier")):
-        if parent is None or (name == "pooler" and parent is model):
-            continue
-        module = getattr(parent, name, None)
-        if isinstance(module, nn.Module) and not isinstance(module, Fp32Head):
-            setattr(parent, name, Fp32Head(module))
-            wrapped.append((parent, name))
-    return wrapped
-
-
-@contextlib.contextmanager
-def plain_heads(wrapped: list[tuple[nn.Module, str]]) -> Iterator[None]:
-    """Temporarily put the original head modules back (to save weights under their usual names)."""
-    for parent, name in wrapped:
-        setattr(parent, name, getattr(parent, name).head)
-    try:
-        yield
-    finally:
-        for parent, name in wrapped:
-            setattr(parent, name, Fp32Head(getattr(parent, name)))
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float) -> Any:

@@ -1,6 +1,6 @@
 """The torch backends: ``torch-fp32`` (the model as loaded), ``torch-bf16`` and ``cuda-fp16`` (fused
 encoder layers from :mod:`rag_app.models.fused_encoder`, then cast; the head stays fp32:
-:mod:`.head`).
+:mod:`rag_app.models.fp32_head`).
 
 Concurrent :meth:`TorchBackend.run` calls are safe: inference under :func:`torch.inference_mode` does
 not mutate the module. torch's intra-op thread count is process-global and left as the process
@@ -38,8 +38,8 @@ class TorchBackend:
         """Prepare ``model`` for backend ``name`` (fuse and cast where it applies) and wrap it."""
         import torch
 
+        from rag_app.models.fp32_head import keep_head_fp32
         from rag_app.models.fused_encoder import fuse_and_cast
-        from rag_app.models.rerank.backends.head import keep_head_fp32
 
         done: tuple[str, ...] = ()
         if name == "torch-fp32":  # the model as loaded: the reference the others are tested on
