@@ -10,8 +10,8 @@ those rankings with the chunk ranking (:mod:`rag_app.retrieval.doc_aware`).
 
 The document vector is its first chunk's vector: what a whole-document embedding with the model's
 input limit sees (the opening: a card's description, a page's lead). On the card probes over the
-shared tarot corpus that ranked the right card in the top 5 for 0.700 of queries, against 0.650 for
-the mean of all chunk vectors (which dilutes the opening with a book's later chapters); README,
+shared tarot corpus, document fusion with it reached nDCG@10 0.553, against 0.535 with the mean of
+all chunk vectors (which dilutes the opening with a book's later chapters); README,
 "Document-aware retrieval".
 
 The table is derived data: ``<site>__<collection>__docs``, rebuilt for the documents an ingest wrote
