@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rag_app.store.schema import META_DIM, META_MODEL, stored_embedder
+from rag_app.store.schema import META_DIM, META_MODEL, existing_tables, stored_embedder
 from rag_app.store.sql import sql_list
 
 log = logging.getLogger("rag_app.store.doc_index")
@@ -161,9 +161,7 @@ def search_doc_tables(
 
 # ------------------------------------------------------------------------------------ internals
 def _open(db: Any, name: str) -> Any | None:
-    result = db.list_tables()
-    names = getattr(result, "tables", result)
-    return db.open_table(name) if name in names else None
+    return db.open_table(name) if name in existing_tables(db) else None
 
 
 def _all_doc_ids(chunk_table: Any) -> list[str]:

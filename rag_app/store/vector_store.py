@@ -37,6 +37,7 @@ from rag_app.store.schema import (
     HEADER_COLUMN,
     check_embedder,
     chunk_schema,
+    existing_tables,
     stored_embedder,
     table_name,
 )
@@ -104,9 +105,7 @@ class VectorStore:
         return {row["doc_id"]: json.loads(row["metadata_json"] or "{}") for row in rows}
 
     def table_names(self) -> list[str]:
-        result = self.db.list_tables()
-        names = getattr(result, "tables", result)
-        return sorted(names)
+        return existing_tables(self.db)
 
     def open_table(self, site: str, collection: str) -> Any | None:
         name = table_name(site, collection)
