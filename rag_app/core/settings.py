@@ -42,13 +42,16 @@ DEFAULT_SITES: dict[str, list[str]] = {
 SearchMode = Literal["vector", "fts", "hybrid"]
 #: The search modes, in the order tables and reports list them (from the ``SearchMode`` Literal).
 SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
-EmbedderBackend = Literal["sentence-transformers", "ollama"]
+EmbedderBackend = Literal["sentence-transformers", "ollama", "remote"]
 Precision = Literal["auto", "float32", "bfloat16"]
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 #: Site and collection names become LanceDB table names and URL path segments: keep them boring.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
-RerankerBackend = Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "cuda-fp16"]
+RerankerBackend = Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "cuda-fp16", "remote"]
+#: Wire shapes a remote rerank server speaks: TEI's ``POST /rerank {query, texts}``, or the
+#: Cohere/Infinity/vLLM ``POST /v1/rerank {model, query, documents}`` (which rag-app's own server speaks).
+RemoteRerankApi = Literal["cohere", "tei"]
 
 
 def check_name(kind: str, name: str) -> str:
@@ -68,19 +71,27 @@ def check_search_mode(mode: str) -> SearchMode:
     return mode  # type: ignore[return-value]
 
 
-class _OllamaHostEnvSource(PydanticBaseSettingsSource):
-    """Ollama's own ``OLLAMA_HOST``, below ``RAG_OLLAMA_HOST`` and the config file.
+#: Other tools' own environment variables that set one of ours: Ollama's ``OLLAMA_HOST`` and
+#: OpenTelemetry's ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_SERVICE_NAME``.
+FOREIGN_ENV: dict[str, str] = {
+    "OLLAMA_HOST": "ollama_host",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "otel_exporter_otlp_endpoint",
+    "OTEL_SERVICE_NAME": "otel_service_name",
+}
 
-    Users of the Ollama CLI already export it; honouring it saves them a setting, but it must never
-    override the project's own, explicit ``RAG_OLLAMA_HOST``.
+
+class _ForeignEnvSource(PydanticBaseSettingsSource):
+    """Other tools' variables (:data:`FOREIGN_ENV`), below ``RAG_*`` and the config file.
+
+    Users of the Ollama CLI or of an OpenTelemetry collector already export them; honouring them saves
+    a setting, but they must never override the project's own, explicit ``RAG_*`` values.
     """
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        host = os.environ.get("OLLAMA_HOST")
-        return {"ollama_host": host} if host else {}
+        return {field: os.environ[var] for var, field in FOREIGN_ENV.items() if os.environ.get(var)}
 
 
 def setting_origin(settings: Settings, field: str, environ: Mapping[str, str] | None = None) -> str:
@@ -90,8 +101,9 @@ def setting_origin(settings: Settings, field: str, environ: Mapping[str, str] | 
     own = env.get(f"RAG_{field.upper()}")
     if own is not None and str(value) == own:
         return f"RAG_{field.upper()}"
-    if field == "ollama_host" and env.get("OLLAMA_HOST") == value:
-        return "OLLAMA_HOST"
+    for var, name in FOREIGN_ENV.items():
+        if field == name and env.get(var) == value:
+            return var
     if value == Settings.model_fields[field].default:
         return "default"
     return "config file or command-line option"
@@ -131,6 +143,29 @@ class Settings(BaseSettings):
     # --- storage -------------------------------------------------------------------------------
     data_dir: Path = Field(Path(".rag"), description="Holds the LanceDB database, caches and API keys.")
     programs_dir: Path = Field(Path("programs"), description="Per-site DSPy programs and their saved states.")
+    db_uri: str | None = Field(
+        None,
+        description="The LanceDB database: a local path or an s3://, gs://, az:// URI (replicas share one). "
+        "Unset: <data_dir>/lancedb.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,
+        description="LanceDB storage_options for an object-store db_uri (endpoint, region, allow_http, ...). "
+        "Leave credentials to the environment or the cloud's own chain; values are never logged.",
+    )
+    read_consistency_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="How long a reader may keep serving a table version after a newer commit (LanceDB's "
+        "read_consistency_interval): 0 = check on every read; replicas on object storage: a few seconds.",
+    )
+    maintain_retention_s: float = Field(
+        3600.0,
+        ge=0.0,
+        description="`rag-app maintain` removes table versions older than this; readers still on an "
+        "older version need it kept for longer than their slowest query.",
+    )
     sites: dict[str, list[str]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_SITES.items()}
     )
@@ -156,6 +191,12 @@ class Settings(BaseSettings):
     ollama_context_tokens: int = Field(
         2048, ge=16, description="nomic-embed-text's context; inputs are clipped."
     )
+    embedder_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible embeddings server (POST /v1/embeddings: TEI, vLLM, "
+        "Infinity) for embedder_backend='remote'.",
+    )
+    embedder_api_key: str | None = Field(None, repr=False, description="Bearer token for embedder_url.")
 
     # --- chunking ------------------------------------------------------------------------------
     chunk_tokens: int = Field(256, ge=16, le=8192)
@@ -228,6 +269,28 @@ class Settings(BaseSettings):
     )
     rerank_top_n: int = Field(5, ge=1, le=100)
     rerank_cache_size: int = Field(8192, ge=0, description="Score-cache entries kept in memory (0 = off).")
+    reranker_url: str | None = Field(
+        None,
+        description="Base URL of a rerank server for reranker_backend='remote' (TEI, Infinity, vLLM, "
+        "Cohere, or another rag-app).",
+    )
+    reranker_api: RemoteRerankApi = Field(
+        "cohere", description="Wire shape of reranker_url: cohere = POST /v1/rerank, tei = POST /rerank."
+    )
+    reranker_api_key: str | None = Field(None, repr=False, description="Bearer token for reranker_url.")
+
+    # --- remote model servers (reranker_backend / embedder_backend = 'remote') ---------------------
+    remote_timeout_s: float = Field(10.0, gt=0, description="Per request to a remote model server.")
+    remote_retries: int = Field(2, ge=0, le=10, description="Retries (with backoff) on 5xx and timeouts.")
+    remote_batch_size: int = Field(
+        64, ge=1, le=4096, description="Candidates per rerank request / texts per embeddings request."
+    )
+    remote_circuit_failures: int = Field(
+        5, ge=1, description="Consecutive failed requests that open the circuit (calls fail fast)."
+    )
+    remote_circuit_reset_s: float = Field(
+        30.0, gt=0, description="How long an open circuit fails fast before one trial request."
+    )
 
     # --- answering (LM) ------------------------------------------------------------------------
     lm_model: str | None = Field(
@@ -286,6 +349,23 @@ class Settings(BaseSettings):
     ingest_job_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="How long finished ingest jobs stay queryable at /v1/jobs/{id}."
     )
+    ray_address: str | None = Field(
+        None, description="Ray cluster for `ingest --engine ray` (ray://head:10001); unset = start Ray here."
+    )
+    ray_embed_actors: int = Field(
+        1, ge=1, le=1024, description="Embedding actors (each loads the model once)."
+    )
+    ray_commit_documents: int = Field(
+        256, ge=1, description="Documents per commit of `ingest --engine ray` (one LanceDB commit each)."
+    )
+
+    # --- observability -------------------------------------------------------------------------
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector for traces (RAG_ or OpenTelemetry's own "
+        "OTEL_EXPORTER_OTLP_ENDPOINT); unset = no traces exported.",
+    )
+    otel_service_name: str = Field("rag-app", description="service.name of exported traces.")
 
     # --- trained models (rag-app optimize --embedder / --reranker) -------------------------------------
     models_dir: Path | None = Field(
@@ -353,7 +433,7 @@ class Settings(BaseSettings):
             init_settings,
             env_settings,
             TomlConfigSettingsSource(settings_cls),
-            _OllamaHostEnvSource(settings_cls),
+            _ForeignEnvSource(settings_cls),
         )
 
     @classmethod
@@ -378,7 +458,18 @@ class Settings(BaseSettings):
     # --- derived paths and names ---------------------------------------------------------------
     @property
     def db_dir(self) -> Path:
+        """The default, local database directory (used when ``db_uri`` is unset)."""
         return self.data_dir / "lancedb"
+
+    @property
+    def db_location(self) -> str:
+        """What LanceDB connects to: ``db_uri`` (a path or an object-store URI), else :attr:`db_dir`."""
+        return self.db_uri if self.db_uri else str(self.db_dir)
+
+    @property
+    def db_is_remote(self) -> bool:
+        """The database is on object storage (``scheme://``), not a local directory."""
+        return "://" in self.db_location and not self.db_location.startswith("file://")
 
     @property
     def cache_dir(self) -> Path:
