@@ -15,6 +15,12 @@ when it beats what it replaces, records it in ``<models dir>/<site>/active.json`
 (:func:`active_models`). :meth:`Runtime.reranker_for` and :meth:`Runtime.embedder_for` return that
 site's activated model (loaded once, wrapped like the global ones) or the global one, and the site's
 retrievers, pipelines, programs and ingests use them. Without an ``active.json`` nothing changes.
+
+Traces. :meth:`Runtime.search` and :meth:`Runtime.ask` are root spans (``rag.search``, ``rag.ask``) of
+the runtime's :class:`~rag_app.core.tracing.Tracing` (built from settings on first use: off unless
+``otel_exporter_otlp_endpoint`` is set), so CLI and library runs are traced like server requests; the
+stages open their own child spans. Every LM the runtime hands out is wrapped in a
+:class:`~rag_app.answering.traced_lm.TracedLM` (inside the host's wrapper) for its ``lm`` spans.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from typing import Any
 
 from rag_app.answering.program import SiteProgram
 from rag_app.answering.registry import list_programs, program_class
+from rag_app.answering.traced_lm import TracedLM
 from rag_app.core.errors import InputError, ModelNotAvailableError, validation_message
 from rag_app.core.settings import Settings
+from rag_app.core.tracing import Tracing
 from rag_app.ingest.pipeline import IngestReport, ingest_paths
 from rag_app.models.embeddings import Embedder, load_embedder
 from rag_app.models.lm import LMResolver
@@ -99,7 +107,8 @@ class Runtime:
     """Models, retrieval pipelines and site programs for one :class:`Settings`, each built once.
 
     ``embedder``, ``reranker`` and ``lm`` replace the configured ones (tests, benchmarks, a server that
-    shares one loaded model between apps). Thread-safe: concurrent first uses load a model once.
+    shares one loaded model between apps); ``tracing`` replaces the one built from settings (a host that
+    owns its own, a test's in-memory exporter). Thread-safe: concurrent first uses load a model once.
     """
 
     def __init__(
@@ -110,8 +119,10 @@ class Runtime:
         reranker: Reranker | None = None,
         lm: Any = None,
         wrappers: StageWrappers | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self._tracing = tracing
         self.wrappers = wrappers or StageWrappers()
         self._embedder = None if embedder is None else self.wrappers.embedder(embedder)
         self._reranker = None if reranker is None else self.wrappers.reranker(reranker)
@@ -126,6 +137,14 @@ class Runtime:
         self._site_paths: dict[tuple[str, str], str | None] = {}
         #: model path -> the loaded (wrapped) fine-tuned model, shared by every site that activates it.
         self._site_models: dict[str, Any] = {}
+
+    @property
+    def tracing(self) -> Tracing:
+        """Where this runtime's traces go (built from settings on first use; off without an endpoint)."""
+        with self._lock:
+            if self._tracing is None:
+                self._tracing = Tracing.from_settings(self.settings)
+            return self._tracing
 
     # ------------------------------------------------------------------------------------ models
     @property
@@ -165,6 +184,10 @@ class Runtime:
                             "reranker_model": path,
                             "reranker_revision": None,
                             "reranker_on_missing": "fail",
+                            # A site's fine-tuned weights run here, even when the global one is remote.
+                            "reranker_backend": "auto"
+                            if self.settings.reranker_backend == "remote"
+                            else self.settings.reranker_backend,
                         }
                     )
                     self._site_models[path] = self.wrappers.reranker(load_reranker(settings))
@@ -212,7 +235,7 @@ class Runtime:
         with self._lock:
             cached = self._wrapped_lms.get(id(lm))
             if cached is None or cached[0] is not lm:
-                cached = (lm, self.wrappers.lm(lm))
+                cached = (lm, self.wrappers.lm(TracedLM(lm)))
                 self._wrapped_lms[id(lm)] = cached
             return cached[1], None
 
@@ -255,14 +278,16 @@ class Runtime:
         """One query as a JSON-ready dict: ``query``, ``mode``, ``reranked``, ``passages``, ``timings``,
         ``notes``. The plain (``rerank=False``) path never loads the reranker."""
         notes: list[str] = []
-        if rerank:
-            pipeline = self.pipeline(site, collection)
-            pred = pipeline(query=query, k=k, top_n=top_n, filters=filters, mode=mode)
-            note = None if pred.reranked else unavailable_note(pipeline.reranker)
-            if note:
-                notes.append(note)
-        else:
-            pred = self.retriever(site, collection)(query=query, k=k, filters=filters, mode=mode)
+        attributes = {"rag.site": site, "rag.search.rerank": rerank}
+        with self.tracing.span("rag.search", attributes=attributes):
+            if rerank:
+                pipeline = self.pipeline(site, collection)
+                pred = pipeline(query=query, k=k, top_n=top_n, filters=filters, mode=mode)
+                note = None if pred.reranked else unavailable_note(pipeline.reranker)
+                if note:
+                    notes.append(note)
+            else:
+                pred = self.retriever(site, collection)(query=query, k=k, filters=filters, mode=mode)
         return {
             "query": query,
             "mode": pred.mode,
@@ -304,14 +329,15 @@ class Runtime:
         """
         if not question or not question.strip():
             raise InputError("the question is empty")
-        instance = self.program(site, program)
-        if not hasattr(instance, "input_from_question"):
-            raise InputError(f"program {site}/{program} does not take a free-text question")
-        try:
-            inputs = instance.input_from_question(question, history, **fields)
-        except ValueError as exc:
-            raise InputError(f"invalid input for {site}/{program}: {validation_message(exc)}") from exc
-        return instance.run(inputs)
+        with self.tracing.span("rag.ask", attributes={"rag.site": site, "rag.program": program}):
+            instance = self.program(site, program)
+            if not hasattr(instance, "input_from_question"):
+                raise InputError(f"program {site}/{program} does not take a free-text question")
+            try:
+                inputs = instance.input_from_question(question, history, **fields)
+            except ValueError as exc:
+                raise InputError(f"invalid input for {site}/{program}: {validation_message(exc)}") from exc
+            return instance.run(inputs)
 
     # ---------------------------------------------------------------------------------- ingest
     def ingest(

@@ -14,6 +14,7 @@ from typing import Any
 import dspy
 
 from rag_app.core.settings import Settings
+from rag_app.core.tracing import stage_span
 from rag_app.core.types import Passage
 from rag_app.models.rerank import Reranker
 
@@ -49,7 +50,18 @@ class RetrieveThenRerank(dspy.Module):
         return bool(getattr(self.retriever, "default_rerank", True) if rerank is None else rerank)
 
     def _rerank(self, query: str, passages: Sequence[Passage], top_n: int, rerank: bool) -> list[Passage]:
-        return self.reranker.rerank(query, passages, top_n=top_n) if rerank else list(passages[:top_n])
+        if not rerank:
+            return list(passages[:top_n])
+        reranker = self.reranker
+        attributes = {
+            "rag.rerank.candidates": len(passages),
+            "rag.rerank.top_n": top_n,
+            "rag.rerank.model": str(reranker.model_id),
+            "rag.rerank.backend": str(reranker.backend),
+            "rag.rerank.available": bool(reranker.available),  # False: a fallback kept retrieval order
+        }
+        with stage_span("rerank", attributes):
+            return reranker.rerank(query, passages, top_n=top_n)
 
     def _prediction(
         self, query_pred: Any, best: list[Passage], t0: float, t1: float, mode: Any, rerank: bool
@@ -61,7 +73,8 @@ class RetrieveThenRerank(dspy.Module):
         return dspy.Prediction(
             passages=best,
             candidates=list(query_pred.passages),
-            reranked=rerank and self.reranker.available,
+            # The passages say whether this call was reranked (a remote reranker can fall back per call).
+            reranked=rerank and self.reranker.available and all(p.reranked for p in best),
             timings=timings,
             mode=getattr(query_pred, "mode", None) or mode,
         )

@@ -16,6 +16,7 @@ import dspy
 
 from rag_app.core.errors import InputError, validation_message
 from rag_app.core.settings import SearchMode, Settings, check_search_mode
+from rag_app.core.tracing import set_root_attributes, stage_span
 from rag_app.core.types import Passage, SearchFilters
 from rag_app.models.embeddings import Embedder, check_query, load_embedder
 from rag_app.retrieval.config import load_retrieval_config
@@ -119,34 +120,55 @@ class LanceDBRetriever(dspy.Module):
         timings: dict[str, float] = {}
         notes: list[str] = []
         texts = [query]
+        set_root_attributes({"rag.site": self.site})
         if rewrite != "none":
             t0 = time.perf_counter()
-            texts = self._rewrite(query, rewrite, notes)
+            with stage_span("rewrite", {"rag.rewrite": rewrite}) as span:
+                texts = self._rewrite(query, rewrite, notes)
+                span.set_attribute("rag.rewrite.queries", len(texts))
             timings["rewrite_ms"] = (time.perf_counter() - t0) * 1000
         vectors: list[Any] = [None] * len(texts)
         model_id = None
         if mode != "fts":
             t0 = time.perf_counter()
-            vectors = [self.embedder.embed_query(texts[0])]
-            if rewrite == "hyde" and len(texts) > 1:  # the passage is embedded as a document
-                vectors += list(self.embedder.embed_documents(texts[1:]))
-            else:
-                vectors += [self.embedder.embed_query(t) for t in texts[1:]]
-            model_id = self.embedder.model_id
+            with stage_span("embed", {"rag.embed.texts": len(texts)}) as span:
+                vectors = [self.embedder.embed_query(texts[0])]
+                if rewrite == "hyde" and len(texts) > 1:  # the passage is embedded as a document
+                    vectors += list(self.embedder.embed_documents(texts[1:]))
+                else:
+                    vectors += [self.embedder.embed_query(t) for t in texts[1:]]
+                model_id = self.embedder.model_id
+                span.set_attribute("rag.embed.model", str(model_id))
             timings["embed_ms"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
-        passages = self._search(
-            list(zip(texts, vectors, strict=True)),
-            model_id,
-            k=k,
-            mode=mode,
-            filters=as_filters(filters),
-            doc_signals=self.doc_signals if doc_signals is None else doc_signals,
-            max_per_doc=self.max_chunks_per_doc if max_chunks_per_doc is None else max_chunks_per_doc,
-            title_boost=self.title_boost if title_boost is None else title_boost,
-        )
+        where = as_filters(filters)
+        with stage_span("search", self._search_attributes(mode, k, len(texts), where)) as span:
+            passages = self._search(
+                list(zip(texts, vectors, strict=True)),
+                model_id,
+                k=k,
+                mode=mode,
+                filters=where,
+                doc_signals=self.doc_signals if doc_signals is None else doc_signals,
+                max_per_doc=self.max_chunks_per_doc if max_chunks_per_doc is None else max_chunks_per_doc,
+                title_boost=self.title_boost if title_boost is None else title_boost,
+            )
+            span.set_attribute("rag.search.hits", len(passages))
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
         return dspy.Prediction(passages=passages, timings=timings, mode=mode, notes=notes)
+
+    def _search_attributes(
+        self, mode: SearchMode, k: int, queries: int, filters: SearchFilters | None
+    ) -> dict[str, Any]:
+        """What a trace's ``search`` span says about the search (not the query text: it may be private)."""
+        return {
+            "rag.site": self.site,
+            "rag.search.collections": list(self.collections),
+            "rag.search.mode": str(mode),
+            "rag.search.k": k,
+            "rag.search.queries": queries,
+            "rag.search.filtered": filters is not None and not filters.is_empty(),
+        }
 
     def _rewrite(self, query: str, rewrite: str, notes: list[str]) -> list[str]:
         """``[query, *rewrites]``; just ``[query]`` (with a note) without an LM or when the LM fails."""

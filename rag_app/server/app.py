@@ -17,8 +17,13 @@ Routes (one router module each, under :mod:`rag_app.server.routes`)
 
 Every error is ``{"error": {"code", "message", "field"?, "request_id"}}`` (:mod:`rag_app.server.errors`);
 nothing else (no stack trace) leaves the process. Middleware order, outermost first: CORS (only when
-``cors_origins`` is set), request context (request id, API key, deadline, catch-all, metrics, access
-log), body limit (:mod:`rag_app.server.middleware`).
+``cors_origins`` is set), request context (request id, trace span, API key, deadline, catch-all,
+metrics, access log), body limit (:mod:`rag_app.server.middleware`).
+
+Traces (:mod:`rag_app.core.tracing`): with ``otel_exporter_otlp_endpoint`` set, every request is a
+``SERVER`` span (``POST /v1/search``, attributes ``rag.request_id`` = the ``X-Request-ID`` answered,
+``http.*``, ``rag.site``) continuing an incoming W3C ``traceparent``, with a child span per stage
+(``embed``, ``search``, ``rerank``, ``lm``). Off otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from rag_app.core.settings import Settings
+from rag_app.core.tracing import Tracing
 from rag_app.server.errors import add_error_handlers
 from rag_app.server.mcp_http import McpEndpoint
 from rag_app.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -47,15 +53,20 @@ from rag_app.server.uploads import is_upload_path
 log = logging.getLogger("rag_app.server")
 
 
-def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, embedder: Any = None, reranker: Any = None, tracing: Tracing | None = None
+) -> FastAPI:
     """The API over ``settings``' sites and programs.
 
     Starting it (the lifespan) loads and warms the embedder, opens and warms every site's index, loads
     and warms the reranker, builds the programs and probes the LM; ``/readyz`` answers 200 only once all
     of that succeeded. ``embedder``/``reranker`` replace the models ``settings`` name (tests pass test
-    doubles; normally leave them unset).
+    doubles; normally leave them unset). ``tracing`` replaces the traces' destination built from
+    ``settings`` (the runtime's: tests pass one with an in-memory exporter). Stopping the app flushes
+    the queued spans (bounded: a collector that is down does not hold the shutdown).
     """
-    state = ServerState(settings, embedder=embedder, reranker=reranker)
+    state = ServerState(settings, embedder=embedder, reranker=reranker, tracing=tracing)
+    tracing = state.runtime.tracing
     mcp = McpEndpoint(state)  # the MCP tools at /mcp; its session manager runs in the lifespan
 
     @contextlib.asynccontextmanager
@@ -80,6 +91,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
                 yield
         finally:
             state.close()
+            await asyncio.to_thread(tracing.flush)
 
     app = FastAPI(
         title="rag_app",
@@ -92,7 +104,7 @@ def create_app(settings: Settings, *, embedder: Any = None, reranker: Any = None
     add_error_handlers(app)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, is_upload=is_upload_path)
-    app.add_middleware(RequestContextMiddleware, state=state)
+    app.add_middleware(RequestContextMiddleware, state=state, tracing=tracing)
     app.add_middleware(OpenAIErrorShapeMiddleware)  # OpenAI's error shape on the OpenAI routes only
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

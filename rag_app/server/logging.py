@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line, carrying the request id of the request being served."""
+"""Structured logs: one JSON object per line, carrying the request id of the request being served.
+
+When the request is traced (:mod:`rag_app.core.tracing`), each line also carries its ``trace_id`` and
+``span_id``, so a log line leads to its trace in the collector and back.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import sys
 import traceback
 import uuid
 from typing import Any
+
+from opentelemetry import trace
 
 #: The id of the request this task or thread works for ("-" outside requests).
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("rag_request_id", default="-")
@@ -33,7 +39,8 @@ def new_request_id(candidate: str | None = None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "msg", "request_id", ...extra fields, "exc"?}`` on one line."""
+    """``{"ts", "level", "logger", "msg", "request_id", "trace_id"?, "span_id"?, ...extra fields,
+    "exc"?}`` on one line (the trace fields only inside a traced request)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -43,6 +50,10 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key not in entry and not key.startswith("_"):
                 entry[key] = value

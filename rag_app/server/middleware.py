@@ -1,8 +1,8 @@
 """The two ASGI middlewares every request passes (outermost first, after CORS when it is on).
 
-:class:`RequestContextMiddleware` gives the request its id, checks its API key, bounds it by its
-deadline (504), turns any unexpected exception into a 500, records metrics and writes one JSON
-access-log line. :class:`BodyLimitMiddleware` refuses bodies over ``max_body_bytes`` (413) before a
+:class:`RequestContextMiddleware` gives the request its id and its trace span, checks its API key,
+bounds it by its deadline (504), turns any unexpected exception into a 500, records metrics and writes
+one JSON access-log line. :class:`BodyLimitMiddleware` refuses bodies over ``max_body_bytes`` (413) before a
 route reads them. Both are plain ASGI (no ``BaseHTTPMiddleware``), so streaming responses pass through.
 """
 
@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag_app.core.tracing import Tracing
 from rag_app.server.auth import AuthError
 from rag_app.server.errors import INTERNAL_MESSAGE, ApiError, error_response, note_error, to_api_error
 from rag_app.server.gates import RequestScope, request_scope_var
@@ -62,12 +64,33 @@ def _needs_key(path: str) -> bool:
     return path not in OPEN_PATHS and (path.startswith("/v1/") or path == "/metrics")
 
 
-class RequestContextMiddleware:
-    """Request id, API key check, deadline (504), catch-all (500), metrics and one JSON access-log line."""
+def _end_request_span(span: Span, method: str, route: str, status: int, error_code: str | None) -> None:
+    """Name the request span by its route template (known only after routing) and record the outcome;
+    a 5xx is an error of this service, a 4xx the client's (left unset, as OpenTelemetry's HTTP
+    conventions say)."""
+    if not span.is_recording():
+        return
+    if route != "unmatched":
+        span.update_name(f"{method} {route}")
+    span.set_attributes({"http.route": route, "http.response.status_code": status})
+    if error_code:
+        span.set_attribute("rag.error_code", error_code)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR, error_code or f"http_{status}"))
 
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+
+class RequestContextMiddleware:
+    """Request id, trace span, API key check, deadline (504), catch-all (500), metrics and one JSON
+    access-log line.
+
+    The request's span (``tracing``; a non-recording one when tracing is off) is current for everything
+    the request runs, its worker threads included, so the stage spans are its children.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState, tracing: Tracing | None = None) -> None:
         self.app = app
         self.state = state
+        self.tracing = tracing or Tracing.off()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +107,20 @@ class RequestContextMiddleware:
         rscope = RequestScope(deadline=time.monotonic() + deadline_s, deadline_s=deadline_s)
         scope_state["rag_scope"] = rscope
         rs_token = request_scope_var.set(rscope)
+        method = scope.get("method", "")
+        traced = contextlib.ExitStack()
+        span = traced.enter_context(
+            self.tracing.span(
+                method,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": method,
+                    "url.path": scope["path"],
+                    "rag.request_id": request_id,
+                },
+                carrier=headers,
+            )
+        )
         status = {"code": 0, "started": False}
         timeout = asyncio.timeout(deadline_s)
 
@@ -158,6 +195,8 @@ class RequestContextMiddleware:
                     "client": (scope.get("client") or ("", 0))[0],
                 },
             )
+            _end_request_span(span, method, route, code, scope_state.get("error_code"))
+            traced.close()
             request_scope_var.reset(rs_token)
             request_id_var.reset(rid_token)
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from rag_app.core.settings import Settings
+from rag_app.core.tracing import Tracing
 from rag_app.models.embeddings.base import Embedder
 from rag_app.models.rerank.base import Reranker, unavailable_note
 from rag_app.runtime import Runtime
@@ -30,7 +31,12 @@ class ServerState:
     """Models, gates, pipelines and programs of one app."""
 
     def __init__(
-        self, settings: Settings, *, embedder: Embedder | None = None, reranker: Reranker | None = None
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -56,7 +62,11 @@ class ServerState:
         self.answer_log = FeedbackStore.from_settings(settings)
         self.runner = StageRunner(self.gates, max_threads=limits["request"] + 2)
         self.runtime = Runtime(
-            settings, embedder=embedder, reranker=reranker, wrappers=stage_wrappers(self.gates)
+            settings,
+            embedder=embedder,
+            reranker=reranker,
+            wrappers=stage_wrappers(self.gates),
+            tracing=tracing,
         )
         self.programs_index: dict[str, list[str]] = {}
         self.checks: dict[str, dict[str, Any]] = {}
