@@ -281,9 +281,15 @@ class Settings(BaseSettings):
 
     # --- remote model servers (reranker_backend / embedder_backend = 'remote') ---------------------
     remote_timeout_s: float = Field(10.0, gt=0, description="Per request to a remote model server.")
-    remote_retries: int = Field(2, ge=0, le=10, description="Retries (with backoff) on 5xx and timeouts.")
+    remote_retries: int = Field(
+        2, ge=0, le=10, description="Retries (with backoff) on timeouts, connection errors, 5xx and 429."
+    )
     remote_batch_size: int = Field(
-        64, ge=1, le=4096, description="Candidates per rerank request / texts per embeddings request."
+        32,
+        ge=1,
+        le=4096,
+        description="Candidates per rerank request / texts per embeddings request (TEI's default "
+        "--max-client-batch-size is 32).",
     )
     remote_circuit_failures: int = Field(
         5, ge=1, description="Consecutive failed requests that open the circuit (calls fail fast)."

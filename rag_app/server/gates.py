@@ -103,9 +103,13 @@ class GatedReranker:
     def __init__(self, inner: Reranker, gate: StageGate) -> None:
         self.inner = inner
         self.gate = gate
-        self.available = inner.available
         self.model_id = inner.model_id
         self.backend = inner.backend
+
+    @property
+    def available(self) -> bool:
+        """The wrapped reranker's, read on every call: a remote one goes down and comes back."""
+        return self.inner.available
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         with in_stage(self.gate):

@@ -13,7 +13,9 @@ Models
 Modules
     :mod:`.base` (the :class:`Reranker` protocol, score semantics), :mod:`.pairs` (tokenization and
     truncation), :mod:`.cache` (the score cache), :mod:`.cross_encoder` (the real reranker),
-    :mod:`.fallback` (the stand-in without weights), :mod:`.backends` (how the model runs: torch, ONNX,
+    :mod:`.fallback` (the stand-in without weights), :mod:`.scoring` (cache lookups and ranked passages,
+    shared by both scoring rerankers), :mod:`.remote` (a rerank server: TEI, Infinity, vLLM, Cohere,
+    another rag-app; ``reranker_backend="remote"``), :mod:`.backends` (how the model runs: torch, ONNX,
     and what ``auto`` picks). Speed and ranking-quality measurements: README ("Reranker speed on CPU")
     and ``benchmarks/README.md``.
 """
@@ -26,17 +28,22 @@ from rag_app.models.rerank.base import Reranker, unavailable_note
 from rag_app.models.rerank.cache import ScoreCache
 from rag_app.models.rerank.cross_encoder import CrossEncoderReranker
 from rag_app.models.rerank.fallback import FallbackReranker
+from rag_app.models.rerank.remote import RemoteReranker
 
 
 def load_reranker(settings: Settings) -> Reranker:
     """Build (and warm) the reranker these settings name; a new instance, with its own score cache.
 
-    :class:`rag_app.runtime.Runtime` owns and shares it. Missing weights raise
-    :class:`ModelNotAvailableError` (``reranker_on_missing="fail"``) or give a :class:`FallbackReranker`
-    (``"fallback"``).
+    :class:`rag_app.runtime.Runtime` owns and shares it. ``reranker_backend="remote"`` gives a
+    :class:`RemoteReranker` (no request is made here; ``reranker_on_missing`` applies per call). Missing
+    weights raise :class:`ModelNotAvailableError` (``reranker_on_missing="fail"``) or give a
+    :class:`FallbackReranker` (``"fallback"``).
     """
+    cache = ScoreCache(settings.rerank_cache_size)
+    if settings.reranker_backend == "remote":
+        return RemoteReranker.from_settings(settings, cache=cache)
     try:
-        return CrossEncoderReranker.from_settings(settings, cache=ScoreCache(settings.rerank_cache_size))
+        return CrossEncoderReranker.from_settings(settings, cache=cache)
     except ModelNotAvailableError as exc:
         if settings.reranker_on_missing != "fallback":
             raise
@@ -46,6 +53,7 @@ def load_reranker(settings: Settings) -> Reranker:
 __all__ = [
     "CrossEncoderReranker",
     "FallbackReranker",
+    "RemoteReranker",
     "Reranker",
     "ScoreCache",
     "load_reranker",

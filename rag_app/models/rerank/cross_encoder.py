@@ -22,7 +22,6 @@ Thread safety
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -40,14 +39,10 @@ from rag_app.models.rerank.backends.onnx import load_onnx_backend
 from rag_app.models.rerank.backends.onnx_export import model_key, onnx_files_ready
 from rag_app.models.rerank.backends.selection import Backend, resolve_backend
 from rag_app.models.rerank.backends.torch import TorchBackend
-from rag_app.models.rerank.base import (
-    LOGGER_NAME,
-    check_top_n,
-    relevance_from_logits,
-    with_retrieval_view,
-)
+from rag_app.models.rerank.base import LOGGER_NAME, check_top_n
 from rag_app.models.rerank.cache import ScoreCache
 from rag_app.models.rerank.pairs import PairEncoder, default_max_length, position_limit
+from rag_app.models.rerank.scoring import cached_scores, ranked_passages, text_digest
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -192,8 +187,14 @@ class CrossEncoderReranker:
 
     # -- scoring --------------------------------------------------------------------------------
     def _cache_key(self, query: str, text: str) -> tuple[str, ...]:
-        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
-        return (self.model_key, self.backend, str(self.max_length), str(self.query_max_tokens), query, digest)
+        return (
+            self.model_key,
+            self.backend,
+            str(self.max_length),
+            str(self.query_max_tokens),
+            query,
+            text_digest(text),
+        )
 
     def _predict(self, query: str, texts: Sequence[str], *, count: bool = True) -> np.ndarray:
         """Raw logits (float32) of each (query, text), length-sorted batches, original order back."""
@@ -213,25 +214,12 @@ class CrossEncoderReranker:
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Raw logits (float64 array, input order) for each passage text; duplicates scored once."""
-        texts = list(passages)
-        out = np.empty(len(texts), dtype=np.float64)
-        positions: dict[str, list[int]] = {}
-        for i, text in enumerate(texts):
-            positions.setdefault(text, []).append(i)
-        todo: list[tuple[str, tuple[str, ...]]] = []
-        for text, where in positions.items():
-            key = self._cache_key(query, text)
-            hit = self._cache.get(key) if self._cache.maxsize else None
-            if hit is None:
-                todo.append((text, key))
-            else:
-                out[where] = hit
-        if todo:
-            logits = self._predict(query, [text for text, _ in todo])
-            for (text, key), value in zip(todo, logits.tolist(), strict=True):
-                out[positions[text]] = value
-                self._cache.put(key, value)
-        return out
+        return cached_scores(
+            passages,
+            self._cache,
+            lambda text: self._cache_key(query, text),
+            lambda t: self._predict(query, t),
+        )
 
     def rerank(self, query: str, passages: Sequence[Passage], top_n: int | None = None) -> list[Passage]:
         """All ``passages`` rescored, best first, cut to ``top_n`` (None = keep all).
@@ -244,20 +232,7 @@ class CrossEncoderReranker:
         top_n = check_top_n(top_n, len(passages))
         if not passages:
             return []
-        logits = self.score(query, [p.text for p in passages])
-        relevance = relevance_from_logits(logits)
-        order = sorted(range(len(passages)), key=lambda i: (-logits[i], i))[:top_n]
-        return [
-            with_retrieval_view(passages[i], i).model_copy(
-                update={
-                    "score": float(logits[i]),
-                    "rerank_score": float(logits[i]),
-                    "relevance": float(relevance[i]),
-                    "reranked": True,
-                }
-            )
-            for i in order
-        ]
+        return ranked_passages(passages, self.score(query, [p.text for p in passages]), top_n)
 
     def cache_stats(self) -> dict[str, int]:
         """Score-cache counters (``hits``, ``misses``, ``size``, ``maxsize``) and model work done."""

@@ -19,6 +19,18 @@ from rag_app.models.rerank.base import LOGGER_NAME, check_top_n, with_retrieval_
 
 logger = logging.getLogger(LOGGER_NAME)
 
+
+def retrieval_order(passages: Sequence[Passage], top_n: int | None) -> list[Passage]:
+    """The first ``top_n`` passages as they came, marked ``reranked=False``: what every reranker returns
+    when it cannot score (missing weights, or a remote server that is down)."""
+    passages = list(passages)
+    top_n = check_top_n(top_n, len(passages))
+    return [
+        with_retrieval_view(p, i).model_copy(update={"reranked": False})
+        for i, p in enumerate(passages[:top_n])
+    ]
+
+
 #: Whether this process has warned (or been told not to) about a missing reranker; guarded by the lock.
 _fallback_warned = False
 _fallback_warned_lock = threading.Lock()
@@ -58,13 +70,9 @@ class FallbackReranker:
         raise ModelNotAvailableError(self.reason)
 
     def rerank(self, query: str, passages: Sequence[Passage], top_n: int | None = None) -> list[Passage]:
-        passages = list(passages)
-        top_n = check_top_n(top_n, len(passages))
+        kept = retrieval_order(passages, top_n)  # a bad top_n raises before the warning
         self._warn_once()
-        return [
-            with_retrieval_view(p, i).model_copy(update={"reranked": False})
-            for i, p in enumerate(passages[:top_n])
-        ]
+        return kept
 
     def cache_stats(self) -> dict[str, int]:
         return {"hits": 0, "misses": 0, "size": 0, "maxsize": 0, "pairs_scored": 0, "batches": 0}

@@ -47,6 +47,11 @@ def resolve_backend(requested: str) -> str:
         if cpu_has_bf16():
             return "torch-bf16"
         return "onnx-int8"
+    if requested == "remote":  # a server runs the model: nothing local to pick
+        raise RagError(
+            "reranker_backend=remote runs no local model: build the reranker with "
+            "rag_app.models.rerank.load_reranker(settings) (a RemoteReranker), not CrossEncoderReranker"
+        )
     if requested not in BACKENDS:
         raise RagError(f"unknown reranker_backend {requested!r}; choose one of auto, {', '.join(BACKENDS)}")
     if requested == "cuda-fp16" and not cuda_available():

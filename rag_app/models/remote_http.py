@@ -1,0 +1,300 @@
+"""The one HTTP client of remote model servers (rerank and embedding servers: TEI, vLLM, Infinity,
+Cohere-shaped APIs, another rag-app): timeouts, retries, a circuit breaker, bearer auth, clear errors.
+
+Retries
+    A timeout, a connection error, a 5xx or a 429 is retried ``retries`` times with exponential backoff
+    and jitter (about 0.25 s, 0.5 s, 1 s ..., capped at 8 s; a ``Retry-After`` header, capped as well,
+    wins): those are the faults that go away (a restart, a full queue). Any other 4xx is not retried: the
+    same request would fail the same way (a wrong key, path or batch size), and the message says which
+    setting to fix.
+
+Circuit breaker
+    ``circuit_failures`` consecutive failed requests (timeouts, connection errors, 5xx, 429, answers in
+    the wrong shape) open the circuit: for ``circuit_reset_s`` every call fails at once, without a
+    request, so a dead server costs a search nothing instead of ``(retries + 1) x timeout`` each time.
+    Then one trial request goes through (half-open): success closes the circuit, failure opens it again.
+    Any answer other than a 5xx/429 proves the server is up, so a 4xx counts as a success here.
+
+Secrets
+    The API key travels only in the ``Authorization`` header. Messages name the endpoint with any
+    ``user:password@`` removed, and any text a server echoes has the key masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from rag_app.core.errors import InputError, ServiceUnavailableError
+
+log = logging.getLogger("rag_app.models.remote")
+
+T = TypeVar("T")
+
+#: First backoff delay and its cap, in seconds (the jitter draws between half the delay and the delay).
+BACKOFF_S = 0.25
+BACKOFF_CAP_S = 8.0
+#: Characters of a server's error body quoted in a message.
+BODY_SNIPPET = 300
+
+
+class RemoteServerError(ServiceUnavailableError):
+    """A remote model server failed: unreachable, too slow, an error status, or the circuit is open.
+
+    A :class:`~rag_app.core.errors.ServiceUnavailableError`: the CLI exits with code 6 and the HTTP
+    server answers 503 ``service_unavailable``.
+    """
+
+
+class RemoteResponseError(RemoteServerError):
+    """The server answered, but not in the shape its API promises (wrong count, bad index, not JSON)."""
+
+
+class CircuitOpenError(RemoteServerError):
+    """Too many consecutive failures: calls fail fast, without a request, until the reset time."""
+
+
+def display_url(url: str) -> str:
+    """``url`` without ``user:password@``: what messages and logs may show."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def endpoint_url(base_url: str, path: str) -> str:
+    """``base_url`` + ``path``; a base that already ends with ``path`` (the full endpoint) is kept."""
+    base = base_url.rstrip("/")
+    return base if base.endswith(path) else base + path
+
+
+class CircuitBreaker:
+    """Consecutive-failure circuit breaker (closed -> open -> one half-open trial); thread-safe."""
+
+    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = max(1, int(failures))
+        self.reset_s = float(reset_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial = False
+        self.last_error = ""
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` (failing fast) or ``half-open`` (a trial may go, or is in flight)."""
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            if self._trial or self._clock() - self._opened_at >= self.reset_s:
+                return "half-open"
+            return "open"
+
+    def refusal(self) -> float | None:
+        """``None`` when a request may go (closed, or this caller takes the half-open trial); otherwise
+        the seconds until the next trial (0 while another caller's trial is in flight)."""
+        with self._lock:
+            if self._opened_at is None:
+                return None
+            left = self.reset_s - (self._clock() - self._opened_at)
+            if left > 0:
+                return left
+            if self._trial:
+                return 0.0
+            self._trial = True
+            return None
+
+    def success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None
+            self._trial = False
+
+    def failure(self, reason: str) -> None:
+        with self._lock:
+            self._failures += 1
+            self.last_error = reason
+            if self._trial or self._failures >= self.threshold:
+                if self._opened_at is None or self._trial:
+                    log.warning(
+                        "circuit opened after %d consecutive failures (last: %s); failing fast for %.0fs",
+                        self._failures,
+                        reason,
+                        self.reset_s,
+                    )
+                self._opened_at = self._clock()
+                self._trial = False
+
+    @property
+    def consecutive_failures(self) -> int:
+        with self._lock:
+            return self._failures
+
+
+class RemoteHttpClient:
+    """POSTs JSON to one model server with the module's timeout, retry, circuit and auth rules.
+
+    ``what`` names the server in messages ("reranker server"); ``url_setting``/``key_setting`` name the
+    settings a user fixes (``RAG_RERANKER_URL``, ``RAG_RERANKER_API_KEY``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        what: str,
+        url_setting: str,
+        key_setting: str,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        circuit_failures: int = 5,
+        circuit_reset_s: float = 30.0,
+        backoff_s: float = BACKOFF_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise InputError(
+                f"{what} URL {display_url(base_url or '')!r} is not an http(s) URL; set {url_setting} to the "
+                "server's base URL, e.g. http://127.0.0.1:8080"
+            )
+        self.base_url = base_url
+        self.shown_url = display_url(base_url)
+        self.what = what
+        self.url_setting = url_setting
+        self.key_setting = key_setting
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.circuit = CircuitBreaker(circuit_failures, circuit_reset_s)
+        self._api_key = api_key or None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout_s),
+            headers=headers,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    # -- messages ---------------------------------------------------------------------------------
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _snippet(self, response: httpx.Response) -> str:
+        text = " ".join(response.text.split())
+        return self._redact(text[:BODY_SNIPPET] + ("..." if len(text) > BODY_SNIPPET else ""))
+
+    def _refused_hint(self, response: httpx.Response) -> str:
+        status = response.status_code
+        if 300 <= status < 400:
+            location = display_url(response.headers.get("location", "elsewhere"))
+            return f"it redirects to {location}: set {self.url_setting} to the address it names"
+        if status in (401, 403):
+            if self._api_key:
+                return f"check {self.key_setting}: the server does not accept that key"
+            return f"the server wants a key: set {self.key_setting}"
+        if status in (404, 405):
+            return f"check {self.url_setting} (the base URL, without the endpoint path) and the API shape"
+        if status in (413, 422):
+            return (
+                "the request may hold more texts than the server takes at once: lower RAG_REMOTE_BATCH_SIZE "
+                "(TEI's default --max-client-batch-size is 32), or check the model name"
+            )
+        return "check the server's log"
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        delay = min(BACKOFF_CAP_S, self.backoff_s * 2**attempt)
+        delay = random.uniform(delay / 2, delay)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            with contextlib.suppress(ValueError):  # an HTTP date: keep the backoff
+                delay = min(BACKOFF_CAP_S, max(0.0, float(retry_after)))
+        return delay
+
+    def post_json(self, path: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
+        """POST ``body`` to ``path`` and return ``parse(json answer)``.
+
+        ``parse`` checks the answer's shape and raises ``ValueError``/``KeyError``/``TypeError``/
+        ``IndexError`` with a message saying what is wrong; that becomes a :class:`RemoteResponseError`
+        (not retried: a server that miscounts once will again). Raises :class:`CircuitOpenError`,
+        :class:`RemoteServerError` (retries exhausted, or a 4xx) otherwise.
+        """
+        url = endpoint_url(self.base_url, path)
+        shown = display_url(url)
+        last = ""
+        attempts = 0
+        for attempt in range(self.retries + 1):
+            wait = self.circuit.refusal()
+            if wait is not None:
+                raise CircuitOpenError(self._circuit_message(shown, wait, last))
+            attempts += 1
+            response: httpx.Response | None = None
+            try:
+                response = self._client.post(url, json=body)
+            except httpx.TimeoutException as exc:
+                last = f"no answer within {self.timeout_s:g}s ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                last = self._redact(f"connection failed ({type(exc).__name__}: {exc})")
+            else:
+                status = response.status_code
+                if status < 300:
+                    return self._parsed(response, parse, shown)
+                if status < 500 and status != 429:
+                    self.circuit.success()  # it answered: the server is up, the request is wrong
+                    raise RemoteServerError(
+                        f"{self.what} {shown} refused the request: HTTP {status} {self._snippet(response)}; "
+                        f"{self._refused_hint(response)}"
+                    )
+                last = f"HTTP {status} {self._snippet(response)}"
+            self.circuit.failure(last)
+            if attempt < self.retries:
+                delay = self._delay(attempt, response)
+                log.warning(
+                    "%s %s attempt %d/%d failed (%s); retrying in %.2fs",
+                    self.what,
+                    shown,
+                    attempt + 1,
+                    self.retries + 1,
+                    last,
+                    delay,
+                )
+                time.sleep(delay)
+        raise RemoteServerError(
+            f"{self.what} {shown} failed after {attempts} attempt{'s' if attempts != 1 else ''}: {last}; "
+            f"check that it runs and answers within RAG_REMOTE_TIMEOUT_S={self.timeout_s:g}, or point "
+            f"{self.url_setting} at one that does"
+        )
+
+    def _parsed(self, response: httpx.Response, parse: Callable[[Any], T], shown: str) -> T:
+        try:
+            result = parse(response.json())
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            reason = self._redact(f"{type(exc).__name__}: {exc}")
+            self.circuit.failure(f"bad answer ({reason})")
+            raise RemoteResponseError(
+                f"{self.what} {shown} answered HTTP {response.status_code} in an unexpected shape: {reason}; "
+                "check that the server speaks the configured API"
+            ) from exc
+        self.circuit.success()
+        return result
+
+    def _circuit_message(self, shown: str, wait: float, last: str) -> str:
+        when = f"for another {wait:.1f}s" if wait > 0 else "while a trial request is in flight"
+        return (
+            f"{self.what} {shown} is failing fast {when} (circuit open after "
+            f"{self.circuit.threshold} consecutive failures; last: {last or self.circuit.last_error}); "
+            "check the server, then calls resume on their own (RAG_REMOTE_CIRCUIT_RESET_S)"
+        )
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,368 @@
+"""Issue 14: the ``remote`` reranker backend, against real servers on loopback.
+
+* rag-app's own ``POST /v1/rerank`` (the Cohere shape), run as a SEPARATE PROCESS (``rag-app serve``)
+  with the tiny cross-encoder from ``tiny_models``: the remote ranking must be the in-process one.
+* ``TeiStandIn`` (``tests/tei_standin.py``), a STAND-IN for Hugging Face TEI (which cannot run here)
+  that scores with a real cross-encoder and can hang, fail with 500/503/429, miscount or send bad
+  scores: retries, timeouts, batching, the circuit breaker and ``reranker_on_missing`` are checked on it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from rag_app.core.errors import InputError, ServiceUnavailableError
+from rag_app.core.settings import Settings
+from rag_app.core.types import Passage
+from rag_app.models.remote_http import CircuitOpenError, RemoteResponseError, RemoteServerError
+from rag_app.models.rerank import CrossEncoderReranker, RemoteReranker, load_reranker, unavailable_note
+from rag_app.models.rerank.remote import logit_from_relevance
+from rag_app.server.auth import add_key
+from rag_app.server.errors import to_api_error
+from tests.conftest import REPO_ROOT
+from tests.ollama_standin import dead_host
+from tests.tei_standin import TeiStandIn
+
+pytestmark = pytest.mark.timeout(300)
+
+QUERY = "How do I rotate an API key?"
+DOCS = [
+    "Pricing plans are billed monthly.",
+    "Rotate a key in Settings > API keys, then revoke the old one.",
+    "Forge jobs run for at most 6 hours.",
+    "API keys can be rotated without downtime.",
+    "The Tower card signals sudden upheaval.",
+]
+#: Thirty distinct short documents and a repeat of one, for batching.
+DISTINCT = [f"Document {i}: {DOCS[i % len(DOCS)]} Note {i * 7 % 11}." for i in range(30)]
+MANY = [*DISTINCT, DISTINCT[3]]
+
+
+def passages(texts: list[str]) -> list[Passage]:
+    return [Passage(id=f"c{i}", doc_id=f"doc-{i}", text=t, score=1.0 - i / 100) for i, t in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def local(tiny_path: Path) -> CrossEncoderReranker:
+    """The same tiny cross-encoder in process, fp32: the reference ranking."""
+    return CrossEncoderReranker(str(tiny_path), revision=None, backend="torch-fp32", cache_size=0)
+
+
+@pytest.fixture(scope="module")
+def tei_server(tiny_path: Path) -> Iterator[TeiStandIn]:
+    with TeiStandIn(reranker_path=tiny_path, hang_s=5.0) as server:
+        yield server
+
+
+@pytest.fixture
+def tei(tei_server: TeiStandIn) -> TeiStandIn:
+    tei_server.reset()
+    tei_server.api_key = None
+    return tei_server
+
+
+def remote(url: str, tmp_path: Path, **overrides: Any) -> RemoteReranker:
+    """A remote reranker built the way the runtime builds one: ``load_reranker(settings)``."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "rag",
+        "reranker_backend": "remote",
+        "reranker_url": url,
+        "reranker_api": "tei",
+        "reranker_model": "tiny-ce",
+        "reranker_on_missing": "fail",
+        "remote_timeout_s": 5.0,
+        "remote_retries": 0,
+        "rerank_cache_size": 0,
+    }
+    values.update(overrides)
+    reranker = load_reranker(Settings(**values))
+    assert isinstance(reranker, RemoteReranker)
+    return reranker
+
+
+def order(ranked: list[Passage]) -> list[str]:
+    return [p.text for p in ranked]
+
+
+# ----------------------------------------------------------------------------------- TEI stand-in
+
+
+def test_tei_ranking_and_scores_match_the_in_process_cross_encoder(
+    tei: TeiStandIn, local: CrossEncoderReranker, tmp_path: Path
+) -> None:
+    reranker = remote(tei.url, tmp_path)
+    assert reranker.backend == "remote" and reranker.available and reranker.model_id == "tiny-ce"
+    ranked = reranker.rerank(QUERY, passages(DOCS), top_n=3)
+    expected = local.rerank(QUERY, passages(DOCS), top_n=3)
+    assert order(ranked) == order(expected)
+    for got, want in zip(ranked, expected, strict=True):
+        # TEI is asked for raw scores: the model's logits, the protocol's rerank_score.
+        assert got.rerank_score == pytest.approx(want.rerank_score, abs=1e-4)
+        assert got.relevance == pytest.approx(want.relevance, abs=1e-5)
+        assert got.reranked and got.retrieval_rank == want.retrieval_rank and got.id == want.id
+    [(path, body)] = tei.requests
+    assert path == "/rerank" and body["raw_scores"] is True and body["texts"] == DOCS
+    assert unavailable_note(reranker) is None
+    assert "remote tei server" in reranker.describe() and "circuit=closed" in reranker.describe()
+
+
+def test_large_candidate_lists_go_in_batches_with_the_same_order(
+    tei: TeiStandIn, local: CrossEncoderReranker, tmp_path: Path
+) -> None:
+    one_batch = remote(tei.url, tmp_path, remote_batch_size=32).rerank(QUERY, passages(MANY))
+    assert tei.count("/rerank") == 1 and len(tei.requests[0][1]["texts"]) == 30  # the duplicate went once
+    tei.reset()
+    batched = remote(tei.url, tmp_path, remote_batch_size=7).rerank(QUERY, passages(MANY))
+    assert [len(body["texts"]) for _, body in tei.requests] == [7, 7, 7, 7, 2]
+    assert order(batched) == order(one_batch) == order(local.rerank(QUERY, passages(MANY)))
+    np.testing.assert_allclose(
+        [p.rerank_score for p in batched], [p.rerank_score for p in one_batch], rtol=0, atol=1e-5
+    )
+    # More texts than TEI takes at once: a 422 that names the setting to lower, not retried.
+    tei.reset()
+    with pytest.raises(RemoteServerError) as err:
+        remote(tei.url, tmp_path, remote_batch_size=64, remote_retries=2).rerank(
+            QUERY, passages([*DISTINCT, *DOCS])
+        )
+    assert "HTTP 422" in str(err.value) and "RAG_REMOTE_BATCH_SIZE" in str(err.value)
+    assert tei.count("/rerank") == 1
+
+
+def test_repeated_pairs_come_from_the_score_cache(tei: TeiStandIn, tmp_path: Path) -> None:
+    reranker = remote(tei.url, tmp_path, rerank_cache_size=100)
+    first = reranker.rerank(QUERY, passages(DOCS))
+    second = reranker.rerank(QUERY, passages(DOCS))
+    assert order(first) == order(second) and tei.count("/rerank") == 1
+    stats = reranker.cache_stats()
+    assert stats["hits"] == len(DOCS) and stats["pairs_scored"] == len(DOCS) and stats["batches"] == 1
+
+
+def test_retries_with_backoff_then_success(tei: TeiStandIn, tmp_path: Path) -> None:
+    tei.fail_next(1, 503)
+    tei.fail_next(1, 429)
+    ranked = remote(tei.url, tmp_path, remote_retries=2).rerank(QUERY, passages(DOCS))
+    assert all(p.reranked for p in ranked) and tei.count("/rerank") == 3
+    # Retries exhausted: the error names the server, what happened and what to set.
+    tei.fail_next(2, 500)
+    with pytest.raises(RemoteServerError) as err:
+        remote(tei.url, tmp_path, remote_retries=1).rerank(QUERY, passages(DOCS))
+    message = str(err.value)
+    assert f"{tei.url}/rerank failed after 2 attempts: HTTP 500" in message and "injected failure" in message
+    assert "RAG_RERANKER_URL" in message
+    assert to_api_error(err.value).status == 503  # type: ignore[union-attr]  # what the HTTP server answers
+    # Nothing listens there: connection errors are retried like 5xx, then named.
+    with pytest.raises(RemoteServerError, match=r"failed after 2 attempts: connection failed \(ConnectError"):
+        remote(dead_host(), tmp_path, remote_retries=1).rerank(QUERY, passages(DOCS))
+
+
+def test_a_hanging_server_times_out_then_falls_back(tei: TeiStandIn, tmp_path: Path) -> None:
+    tei.mode = "hang"
+    with pytest.raises(RemoteServerError) as err:
+        remote(tei.url, tmp_path, remote_timeout_s=0.5).rerank(QUERY, passages(DOCS))
+    assert "no answer within 0.5s" in str(err.value) and "RAG_REMOTE_TIMEOUT_S" in str(err.value)
+    reranker = remote(tei.url, tmp_path, remote_timeout_s=0.5, reranker_on_missing="fallback")
+    kept = reranker.rerank(QUERY, passages(DOCS), top_n=3)
+    assert order(kept) == DOCS[:3] and not any(p.reranked for p in kept)
+    assert [p.retrieval_rank for p in kept] == [1, 2, 3] and kept[0].rerank_score is None
+    assert not reranker.available
+    note = unavailable_note(reranker)
+    assert note is not None and "keeping retrieval order" in note and "no answer within 0.5s" in note
+    with pytest.raises(ServiceUnavailableError):  # score has nothing to fall back on
+        reranker.score(QUERY, DOCS)
+
+
+def test_500_falls_back_with_a_note_and_recovers(tei: TeiStandIn, tmp_path: Path) -> None:
+    tei.mode = "error"
+    reranker = remote(tei.url, tmp_path, remote_retries=1, reranker_on_missing="fallback")
+    kept = reranker.rerank(QUERY, passages(DOCS))
+    assert order(kept) == DOCS and tei.count("/rerank") == 2
+    note = unavailable_note(reranker)
+    assert note is not None and "HTTP 500" in note and tei.url in note
+    tei.mode = "ok"
+    ranked = reranker.rerank(QUERY, passages(DOCS))
+    assert all(p.reranked for p in ranked) and reranker.available and unavailable_note(reranker) is None
+
+
+@pytest.mark.parametrize(
+    ("api", "mode", "reason"),
+    [
+        ("tei", "wrong_count", "4 scores for 5 documents"),
+        ("tei", "bad_score", "score nan of index"),
+        ("cohere", "wrong_count", "4 scores for 5 documents"),
+        ("cohere", "bad_score", "relevance_score 1.5 is outside 0-1"),
+    ],
+)
+def test_wrong_answers_are_clear_errors_or_fall_back(
+    tei: TeiStandIn, tmp_path: Path, api: str, mode: str, reason: str
+) -> None:
+    tei.mode = mode
+    with pytest.raises(RemoteResponseError) as err:
+        remote(tei.url, tmp_path, reranker_api=api, remote_retries=2).rerank(QUERY, passages(DOCS))
+    assert reason in str(err.value) and "unexpected shape" in str(err.value)
+    assert len(tei.requests) == 1  # a miscounting server is not asked again in the same call
+    fallback = remote(tei.url, tmp_path, reranker_api=api, reranker_on_missing="fallback")
+    assert order(fallback.rerank(QUERY, passages(DOCS))) == DOCS
+    assert reason in (unavailable_note(fallback) or "")
+
+
+def test_circuit_opens_fails_fast_and_closes_after_the_reset(tei: TeiStandIn, tmp_path: Path) -> None:
+    tei.mode = "error"
+    reranker = remote(
+        tei.url,
+        tmp_path,
+        remote_circuit_failures=3,
+        remote_circuit_reset_s=1.0,
+        reranker_on_missing="fallback",
+    )
+    for _ in range(3):
+        reranker.rerank(QUERY, passages(DOCS))
+    assert tei.count("/rerank") == 3 and reranker.client.circuit.state == "open"
+    kept = reranker.rerank(QUERY, passages(DOCS))  # fails fast: the server is not asked
+    assert order(kept) == DOCS and tei.count("/rerank") == 3
+    assert "failing fast" in (unavailable_note(reranker) or "")
+    with pytest.raises(CircuitOpenError):
+        reranker.score(QUERY, DOCS)
+    # After the reset, one trial request: it fails, so the circuit opens again at once.
+    time.sleep(1.1)
+    reranker.rerank(QUERY, passages(DOCS))
+    reranker.rerank(QUERY, passages(DOCS))
+    assert tei.count("/rerank") == 4
+    # The server is back: the next trial succeeds and closes the circuit.
+    tei.mode = "ok"
+    time.sleep(1.1)
+    assert reranker.available  # the reset has passed: callers may try again
+    assert all(p.reranked for p in reranker.rerank(QUERY, passages(DOCS)))
+    assert tei.count("/rerank") == 5 and reranker.client.circuit.state == "closed"
+
+
+def test_bearer_auth_and_the_key_never_shows(tei: TeiStandIn, tmp_path: Path) -> None:
+    tei.api_key = "right-key-0123456789"
+    assert all(
+        p.reranked
+        for p in remote(tei.url, tmp_path, reranker_api_key=tei.api_key).rerank(QUERY, passages(DOCS))
+    )
+    wrong = "wrong-key-9876543210"
+    reranker = remote(tei.url, tmp_path, reranker_api_key=wrong, remote_retries=2)
+    with pytest.raises(RemoteServerError) as err:
+        reranker.rerank(QUERY, passages(DOCS))
+    assert "HTTP 401" in str(err.value) and "RAG_RERANKER_API_KEY" in str(err.value)
+    assert tei.count("/rerank") == 2  # a 401 is not retried
+    for text in (str(err.value), reranker.describe(), repr(reranker), repr(Settings(reranker_api_key=wrong))):
+        assert wrong not in text
+    # Credentials in the URL never show either.
+    with_userinfo = remote(tei.url.replace("http://", "http://user:pw-secret@"), tmp_path)
+    assert "pw-secret" not in with_userinfo.describe()
+
+
+def test_remote_needs_a_url_and_is_not_a_local_backend(tmp_path: Path, tiny_path: Path) -> None:
+    with pytest.raises(InputError, match="RAG_RERANKER_URL"):
+        load_reranker(Settings(data_dir=tmp_path, reranker_backend="remote"))
+    with pytest.raises(InputError, match="not an http"):
+        load_reranker(Settings(data_dir=tmp_path, reranker_backend="remote", reranker_url="127.0.0.1:8080"))
+    with pytest.raises(Exception, match="load_reranker"):
+        CrossEncoderReranker(str(tiny_path), revision=None, backend="remote")
+
+
+def test_logit_mapping_inverts_sigmoid() -> None:
+    from rag_app.models.rerank.base import relevance_from_logits
+
+    logits = np.array([-30.0, -3.5, 0.0, 0.25, 12.0, 20.0])
+    np.testing.assert_allclose(logit_from_relevance(relevance_from_logits(logits)), logits, atol=1e-6)
+    # Near 1, float64 resolves 1 - p coarsely: large logits come back close and in order, then saturate.
+    high = logit_from_relevance(relevance_from_logits([25.0, 30.0, 35.0]))
+    assert np.all(np.diff(high) > 0) and np.allclose(high, [25.0, 30.0, 35.0], atol=0.1)
+    assert np.isfinite(logit_from_relevance([0.0, 1.0])).all()
+
+
+# ------------------------------------------------------------- rag-app's own /v1/rerank, another process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def rag_app_server(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """``rag-app serve`` in its own process with the tiny cross-encoder; (base URL, API key)."""
+    data_dir = tmp_path_factory.mktemp("remote-rerank-server")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update(
+        {
+            "RAG_DATA_DIR": str(data_dir),
+            "RAG_PROGRAMS_DIR": str(REPO_ROOT / "programs"),
+            "RAG_SITES": '{"builddaily": ["resources"]}',
+            "RAG_LM_MODEL": "",
+            "RAG_EMBEDDER_PRECISION": "float32",
+            "RAG_RERANKER_MODEL": str(tiny_path),
+            "RAG_RERANKER_BACKEND": "torch-fp32",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+    )
+    key = add_key(Settings(data_dir=data_dir, sites={"builddaily": ["resources"]}), "remote-reranker", ["*"])
+    port = _free_port()
+    log_path = data_dir / "server.log"
+    exe = Path(sys.executable).with_name("rag-app")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"rag-app serve exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rag-app serve did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url, key
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_rag_app_server_in_another_process_ranks_like_the_in_process_model(
+    rag_app_server: tuple[str, str], local: CrossEncoderReranker, tmp_path: Path
+) -> None:
+    url, key = rag_app_server
+    reranker = remote(url, tmp_path, reranker_api="cohere", reranker_api_key=key, remote_batch_size=2)
+    ranked = reranker.rerank(QUERY, passages(DOCS))
+    expected = local.rerank(QUERY, passages(DOCS))
+    assert order(ranked) == order(expected) and all(p.reranked for p in ranked)
+    # relevance_score = sigmoid(logit) on the wire; mapped back, it is the model's logit.
+    np.testing.assert_allclose(
+        [p.rerank_score for p in ranked], [p.rerank_score for p in expected], rtol=0, atol=1e-5
+    )
+    assert reranker.cache_stats()["batches"] == 3  # 5 documents, 2 per request
+    np.testing.assert_allclose(reranker.score(QUERY, DOCS), local.score(QUERY, DOCS), rtol=0, atol=1e-5)
+    # Without the key, the server refuses: a clear 401, not a fallback ranking.
+    with pytest.raises(RemoteServerError) as err:
+        remote(url, tmp_path, reranker_api="cohere").rerank(QUERY, passages(DOCS))
+    assert "HTTP 401" in str(err.value) and "set RAG_RERANKER_API_KEY" in str(err.value)
