@@ -1,4 +1,7 @@
-"""Concurrent writers of one collection: real processes racing, the writer lock, duplicate repair."""
+"""Concurrent writers of one collection: real processes racing, the writer lock, duplicate repair.
+
+Each test runs on local disk and on an s3:// database on the loopback moto server: the writer lock is a
+local file in either case, so it serializes this host's writers of a database on object storage too."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from rag_app.core.settings import Settings
 from rag_app.ingest.pipeline import ingest_paths
 from rag_app.store.locks import FileWriterLocks, WriterLockTimeout
 from rag_app.store.vector_store import VectorStore
-from tests.conftest import REPO_ROOT, SAMPLE_DATA
+from tests.conftest import REPO_ROOT, SAMPLE_DATA, store_env, store_settings_for
 from tests.test_store_ingest import CATALYSTS, doc_ids, write_jsonl
 
 runner = CliRunner()
@@ -45,23 +48,31 @@ RACER = textwrap.dedent(
 )
 
 
-def _env(data_dir: Path) -> dict[str, str]:
+@pytest.fixture
+def settings(store_settings: Settings) -> Settings:
+    """Each test of this module on local disk, then on S3 (conftest ``store_settings``)."""
+    return store_settings
+
+
+def _env(raced: Settings) -> dict[str, str]:
     return {
         **os.environ,
-        "RAG_DATA_DIR": str(data_dir),
+        **store_env(raced),
         "RAG_RERANKER_ON_MISSING": "fallback",
         "RAG_LM_MODEL": "",
         "PYTHONPATH": str(REPO_ROOT),
     }
 
 
-def test_two_concurrent_processes_write_each_chunk_once(settings: Settings, tmp_path: Path) -> None:
-    data_dir = tmp_path / "race"
+def test_two_concurrent_processes_write_each_chunk_once(
+    settings: Settings, store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    raced = store_settings_for(store_kind, tmp_path / "race", request)
     ready = [tmp_path / "ready-a", tmp_path / "ready-b"]
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", RACER, str(ready[i]), str(ready[1 - i]), str(RESOURCES)],
-            env=_env(data_dir),
+            env=_env(raced),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -75,7 +86,6 @@ def test_two_concurrent_processes_write_each_chunk_once(settings: Settings, tmp_
     )
 
     alone = ingest_paths(settings, "builddaily", "resources", [RESOURCES], progress=False)
-    raced = Settings(data_dir=data_dir)
     store = VectorStore(raced)
     info = store.info("builddaily", "resources")
     assert info is not None
@@ -106,13 +116,17 @@ def test_writer_lock_timeout_names_the_collection_and_writes_nothing(
     assert report.updated == 1
 
 
-def test_duplicates_are_reported_and_dedupe_repairs_them(settings: Settings, tmp_path: Path) -> None:
+def test_duplicates_are_reported_and_dedupe_repairs_them(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = write_jsonl(tmp_path / "cat.jsonl", CATALYSTS)
     ingest_paths(settings, "paiddaily", "catalysts", [src], progress=False)
     table = VectorStore(settings).open_table("paiddaily", "catalysts")
     clean = table.to_arrow()
     table.add(pa.concat_tables([clean.slice(0, 2), clean.slice(0, 1)]))  # as a racing writer left it
     assert table.count_rows() == 7
+    for key, value in store_env(settings).items():
+        monkeypatch.setenv(key, value)
     args = ["--data-dir", str(settings.data_dir)]
 
     [info] = json.loads(runner.invoke(app, ["stats", "--json", *args]).stdout)
@@ -135,4 +149,4 @@ def test_duplicates_are_reported_and_dedupe_repairs_them(settings: Settings, tmp
     assert checks["table paiddaily/catalysts"]["status"] == "ok"
     again = runner.invoke(app, ["maintain", "--dedupe", *args])  # every collection; nothing left to do
     assert again.exit_code == 0 and "paiddaily/catalysts: 0 duplicate rows removed" in again.output
-    assert runner.invoke(app, ["maintain", *args]).exit_code == 2  # no action named
+    assert runner.invoke(app, ["maintain", "--collection", "catalysts", *args]).exit_code == 2  # no --site

@@ -1,9 +1,11 @@
-"""LanceDBRetriever over the real builddaily sample index: a dspy.Module returning typed passages."""
+"""LanceDBRetriever over the real builddaily sample index: a dspy.Module returning typed passages.
+
+The index is built twice, on local disk and on an s3:// database on the loopback moto server, and
+every test runs on each."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dspy
 import pytest
@@ -12,13 +14,13 @@ from rag_app.core.settings import Settings
 from rag_app.core.types import Passage
 from rag_app.ingest.pipeline import ingest_paths
 from rag_app.retrieval.retriever import LanceDBRetriever
-from tests.conftest import SAMPLE_DATA
+from tests.conftest import SAMPLE_DATA, STORE_KINDS, store_settings_for
 
 
-@pytest.fixture(scope="module")
-def builddaily(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("retrieve")
-    settings = Settings(data_dir=root / "rag", programs_dir=root / "programs", lm_model=None)
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def builddaily(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Settings:
+    root = tmp_path_factory.mktemp(f"retrieve-{request.param}")
+    settings = store_settings_for(request.param, root / "rag", request, programs_dir=root / "programs")
     ingest_paths(
         settings, "builddaily", "resources", [SAMPLE_DATA / "builddaily" / "resources"], progress=False
     )
@@ -70,6 +72,5 @@ def test_k_bounds(builddaily: Settings) -> None:
         LanceDBRetriever(builddaily, "builddaily")(query="x", k=0)
 
 
-def test_missing_table_returns_nothing(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "empty")
-    assert LanceDBRetriever(settings, "sagedaily")(query="The Tower").passages == []
+def test_missing_table_returns_nothing(store_settings: Settings) -> None:
+    assert LanceDBRetriever(store_settings, "sagedaily")(query="The Tower").passages == []

@@ -1,4 +1,7 @@
-"""Ingest into real LanceDB on disk: idempotence, updates, pruning, crash consistency, mismatches."""
+"""Ingest into real LanceDB: idempotence, updates, pruning, crash consistency, mismatches, filters.
+
+Every test runs twice: on local disk and on an s3:// database on the loopback moto server
+(``settings`` here is conftest's ``store_settings``)."""
 
 from __future__ import annotations
 
@@ -49,6 +52,12 @@ CATALYSTS = [
         "tags": ["corporate"],
     },
 ]
+
+
+@pytest.fixture
+def settings(store_settings: Settings) -> Settings:
+    """Each test of this module on local disk, then on S3 (conftest ``store_settings``)."""
+    return store_settings
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -171,8 +180,8 @@ def test_filters_apply_in_every_mode(settings: Settings, tmp_path: Path) -> None
         retriever(query="x", filters={"sector": "Tech"})
 
 
-def test_ann_index_is_built_past_the_threshold(tmp_path: Path, minilm: Embedder) -> None:
-    settings = Settings(data_dir=tmp_path / "rag", ann_threshold_rows=300)
+def test_ann_index_is_built_past_the_threshold(settings: Settings, minilm: Embedder) -> None:
+    settings = settings.model_copy(update={"ann_threshold_rows": 300})
     rows = [
         {"id": f"d{i}", "text": f"Document {i} about topic {i % 17} and item {i % 5}."} for i in range(320)
     ]

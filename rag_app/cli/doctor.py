@@ -2,7 +2,8 @@
 
 Checks never load a model: they look at files and ask servers with short timeouts, so doctor answers
 in a second even on a machine with nothing installed. Stored tables are checked for chunk ids stored
-more than once (see ``rag-app maintain --dedupe``).
+more than once (see ``rag-app maintain --dedupe``). The database may be on object storage: it is shown
+without credentials, and of its storage options only the names are printed, never the values.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _ollama_has(models: list[str], name: str) -> bool:
 
 
 def run_checks(settings: Settings) -> list[dict[str, str]]:
-    checks = [_check("data dir", "ok", f"{settings.data_dir.resolve()} (LanceDB at {settings.db_dir})")]
+    checks = [_check("data dir", "ok", str(settings.data_dir.resolve())), database_check(settings)]
     ollama = ollama_models(settings.ollama_host)
     host = f"{settings.ollama_host} (from {setting_origin(settings, 'ollama_host')})"
     checks.append(
@@ -105,17 +106,38 @@ def run_checks(settings: Settings) -> list[dict[str, str]]:
     return checks
 
 
+def database_check(settings: Settings) -> dict[str, str]:
+    """Where LanceDB is (credentials stripped), which storage options are set (names only), and how
+    fresh replicas read it."""
+    from rag_app.store.connection import display_location
+
+    detail = f"{display_location(settings.db_location)} (from {setting_origin(settings, 'db_uri')})"
+    if settings.db_is_remote:
+        names = ", ".join(sorted(settings.storage_options)) or "none: the environment's credential chain"
+        detail += f"; storage options: {names}; read consistency {settings.read_consistency_s:g}s"
+    return _check("database", "ok", detail)
+
+
 def integrity_checks(settings: Settings) -> list[dict[str, str]]:
     """One check per stored collection: chunk ids stored more than once are an error with its repair.
 
     Concurrent writers from before the writer lock (or on another host) could insert a chunk twice;
-    search would then return it twice. Reads only: a missing database is not created here.
+    search would then return it twice. Reads only: a missing local database is not created here; an
+    object store that does not answer is one check saying so (its message without secrets).
     """
-    if not settings.db_dir.is_dir():
+    from rag_app.store.connection import local_path
+
+    directory = local_path(settings.db_location)
+    if directory is not None and not directory.is_dir():
         return []
+    from rag_app.core.errors import ServiceUnavailableError
     from rag_app.store.vector_store import VectorStore
 
-    store = VectorStore(settings)
+    try:
+        store = VectorStore(settings)
+        store.table_names()
+    except ServiceUnavailableError as exc:
+        return [_check("database access", "unreachable", str(exc))]
     checks = []
     for site, collections in settings.sites.items():
         for collection in collections:

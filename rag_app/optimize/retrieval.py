@@ -182,7 +182,9 @@ def _key(settings: Settings, site: str, parts: Mapping[str, Any]) -> str:
         "reranker_backend": settings.reranker_backend,
         "reranker_max_length": settings.reranker_max_length,
         "reranker_query_max_tokens": settings.reranker_query_max_tokens,
-        "db_dir": str(settings.db_dir.resolve()),
+        "db_dir": (
+            settings.db_location if settings.db_is_remote else str(Path(settings.db_location).resolve())
+        ),
     }
     return checkpoint_key({"site": site, **relevant, **parts})
 

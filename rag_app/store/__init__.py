@@ -1,4 +1,6 @@
-"""Store layer: LanceDB chunk tables (:mod:`.vector_store`), their schema, search, SQL and writer locks.
+"""Store layer: LanceDB chunk tables (:mod:`.vector_store`), their schema, search, SQL and writer locks;
+the one connection, local or object storage (:mod:`.connection`); table upkeep (:mod:`.upkeep`,
+:mod:`.maintenance`).
 
 ``__all__`` lists what callers outside the store use; each name is defined in the module noted.
 """

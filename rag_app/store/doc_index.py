@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rag_app.store.schema import META_DIM, META_MODEL, existing_tables, stored_embedder
+from rag_app.store.connection import Database
+from rag_app.store.schema import META_DIM, META_MODEL, stored_embedder
 from rag_app.store.sql import sql_list
+from rag_app.store.upkeep import optimize_table
 
 log = logging.getLogger("rag_app.store.doc_index")
 
@@ -72,14 +74,21 @@ def doc_schema(dimension: int, model_id: str) -> pa.Schema:
 
 
 def refresh_doc_table(
-    db: Any, chunk_table: Any, name: str, *, doc_ids: Iterable[str] | None, removed: Iterable[str] = ()
+    db: Database,
+    chunk_table: Any,
+    name: str,
+    *,
+    doc_ids: Iterable[str] | None,
+    removed: Iterable[str] = (),
+    retention_s: float,
 ) -> int:
     """Bring ``name``'s document table up to date with ``chunk_table``; returns documents written.
 
     ``doc_ids``: the documents an ingest (re)wrote; ``None`` rebuilds every document. A missing document
     table, or one built by another embedder, is rebuilt whole. Each call is at most a few commits
     (one per :data:`BUILD_DOCS_PER_READ` documents, plus one delete), and a reader sees a consistent
-    table at every version.
+    table at every version. Versions superseded more than ``retention_s`` ago are removed
+    (:func:`rag_app.store.upkeep.optimize_table`).
     """
     model_id, dimension = stored_embedder(chunk_table)
     doc_name = doc_table_name(name)
@@ -107,12 +116,12 @@ def refresh_doc_table(
     if gone:
         existing.delete(f"doc_id IN ({sql_list(gone)})")
     if written or gone:
-        _refresh_fts(existing)
+        _refresh_fts(existing, retention_s)
     return written
 
 
 def search_doc_tables(
-    db: Any,
+    db: Database,
     chunk_table_names: Sequence[str],
     *,
     query_vector: np.ndarray | None,
@@ -160,8 +169,8 @@ def search_doc_tables(
 
 
 # ------------------------------------------------------------------------------------ internals
-def _open(db: Any, name: str) -> Any | None:
-    return db.open_table(name) if name in existing_tables(db) else None
+def _open(db: Database, name: str) -> Any | None:
+    return db.get(name)
 
 
 def _all_doc_ids(chunk_table: Any) -> list[str]:
@@ -226,11 +235,11 @@ def _doc_rows(chunk_table: Any, doc_ids: list[str], schema: pa.Schema) -> pa.Tab
     )
 
 
-def _refresh_fts(table: Any) -> None:
+def _refresh_fts(table: Any, retention_s: float) -> None:
     from lancedb.index import FTS
 
     existing = {idx.name for idx in table.list_indices()}
     if f"{DOC_FTS_COLUMN}_idx" not in existing:
         table.create_index(DOC_FTS_COLUMN, config=FTS(), replace=True)
     else:
-        table.optimize()
+        optimize_table(table, retention_s=retention_s)

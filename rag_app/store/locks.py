@@ -9,9 +9,26 @@ the second writer see the first one's commit and find nothing to do.
 :class:`WriterLocks` is the protocol every writer uses (CLI ingest, the HTTP ingest, maintenance),
 so the mechanism can change without touching them. :class:`FileWriterLocks` is the local one: an
 ``fcntl.flock`` on ``data_dir/locks/<site>__<collection>.lock``. It serializes writers on the same
-host (processes and threads alike: each ``hold`` opens its own file description), not writers on
-other hosts sharing object storage; those need a lock in the object store (a conditional-put lease)
-implementing the same protocol.
+host (processes and threads alike: each ``hold`` opens its own file description), whether the
+database is a local directory or on object storage (the lock files stay in the local data dir).
+
+Across hosts sharing a database on object storage (``RAG_DB_URI=s3://...``), what holds and what not:
+
+- Commits are never lost or torn. LanceDB 0.40 (Lance 14) commits a version by writing its manifest
+  with a conditional put (S3 ``If-None-Match: *``; preconditions on GCS and Azure): of two hosts
+  committing the same version number one is refused, and Lance rebases it onto the winner and retries
+  (appends, merge-inserts, deletes) or fails it with a retryable conflict (a compaction against a
+  concurrent update; :mod:`rag_app.store.upkeep` retries it). Checked on the moto S3 server the
+  tests use: it answers 412 to the losing put, and two connections appending and merge-inserting
+  in a loop kept every row. This needs a store that honours conditional puts (AWS S3, GCS, Azure,
+  MinIO); on one that ignores them, concurrent commits can overwrite each other.
+- An ingest's read-compare-write is not serialized across hosts: this lock lives on one host. Two
+  hosts ingesting the same new documents at once both insert them (checked on moto: two racing
+  ``merge_insert`` commits of the same new ids kept both copies). ``rag-app stats`` and ``doctor``
+  report such duplicates, ``rag-app maintain --dedupe`` removes them. Run the writers of a collection
+  (ingest, sync, the HTTP ingest jobs, maintain) on one host; serving replicas only read and need no
+  lock. A lock in the object store (a conditional-put lease) implementing :class:`WriterLocks` would
+  lift this; there is none yet.
 """
 
 from __future__ import annotations

@@ -40,12 +40,6 @@ def table_name(site: str, collection: str) -> str:
     return f"{site}__{collection}"
 
 
-def existing_tables(db: Any) -> list[str]:
-    """Names of the tables in a LanceDB connection (``list_tables`` answers a paged result or a list)."""
-    result = db.list_tables()
-    return sorted(getattr(result, "tables", result))
-
-
 def chunk_schema(dimension: int, model_id: str) -> pa.Schema:
     return pa.schema(
         [

@@ -1,4 +1,5 @@
-"""LanceDB on disk: one table per (site, collection); atomic writes under the writer lock, indexes, info.
+"""LanceDB tables, local or on object storage: one per (site, collection); atomic writes under the writer
+lock, indexes, info.
 
 Why one table per collection rather than one big table with site/collection columns: collections of
 one site are searched separately (the resources index, ticker pages, catalyst notes), re-ingest and
@@ -12,6 +13,11 @@ wholly new, and the table always readable. Writers of one collection take its wr
 (:mod:`rag_app.store.locks`, :meth:`VectorStore.writer`) around their read-compare-write, so two writers
 never both insert the same chunk ids; :meth:`VectorStore.duplicate_ids` and :meth:`VectorStore.dedupe`
 detect and repair tables written before that (or by a writer on another host).
+
+The database is opened by :class:`rag_app.store.connection.Database` (one code path for a local
+directory and an ``s3://``, ``gs://`` or ``az://`` URI); it keeps each table's handle and brings it to
+the latest commit when :meth:`VectorStore.open_table` hands it out (at most ``read_consistency_s``
+behind), so a search sees other processes' commits without reopening its tables.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import pyarrow as pa
 from rag_app.core.hardware import release_freed_memory
 from rag_app.core.settings import SearchMode, Settings
 from rag_app.core.types import Passage, SearchFilters
+from rag_app.store.connection import Database, display_location
 from rag_app.store.doc_index import refresh_doc_table
 from rag_app.store.locks import writer_locks
 from rag_app.store.schema import (
@@ -37,12 +44,12 @@ from rag_app.store.schema import (
     HEADER_COLUMN,
     check_embedder,
     chunk_schema,
-    existing_tables,
     stored_embedder,
     table_name,
 )
 from rag_app.store.search import search_tables
 from rag_app.store.sql import sql_list
+from rag_app.store.upkeep import optimize_table
 
 log = logging.getLogger("rag_app.store.vector_store")
 
@@ -77,15 +84,15 @@ class DocumentInfo:
 
 
 class VectorStore:
-    """The LanceDB database under ``settings.db_dir``."""
+    """The LanceDB database at ``settings.db_location`` (a local directory or an object-store URI)."""
 
     def __init__(self, settings: Settings) -> None:
-        import lancedb
-
         self.settings = settings
-        settings.db_dir.mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(str(settings.db_dir))
+        self.db = Database(settings)
         self.locks = writer_locks(settings)
+
+    def __repr__(self) -> str:
+        return f"VectorStore({display_location(self.db.location)!r})"
 
     def writer(self, site: str, collection: str) -> AbstractContextManager[None]:
         """Exclusive write access to one collection: hold it around any read-compare-write."""
@@ -105,11 +112,11 @@ class VectorStore:
         return {row["doc_id"]: json.loads(row["metadata_json"] or "{}") for row in rows}
 
     def table_names(self) -> list[str]:
-        return existing_tables(self.db)
+        return self.db.table_names()
 
     def open_table(self, site: str, collection: str) -> Any | None:
-        name = table_name(site, collection)
-        return self.db.open_table(name) if name in self.table_names() else None
+        """The collection's table (a cached handle that follows new commits), or None if it has none."""
+        return self.db.get(table_name(site, collection))
 
     def create_or_open(self, site: str, collection: str, model_id: str, dimension: int) -> Any:
         table = self.open_table(site, collection)
@@ -207,7 +214,10 @@ class VectorStore:
         """
         from lancedb.index import FTS
 
-        refresh_doc_table(self.db, table, table.name, doc_ids=documents, removed=removed)
+        retention_s = self.settings.maintain_retention_s
+        refresh_doc_table(
+            self.db, table, table.name, doc_ids=documents, removed=removed, retention_s=retention_s
+        )
         release_freed_memory()  # what the document table's reads freed, before an index build
         rows = table.count_rows()
         existing = {idx.name: idx for idx in table.list_indices()}
@@ -224,7 +234,9 @@ class VectorStore:
             table.create_index("vector", config=ann_index_config(self.settings.ann_index_type), replace=True)
             touched.append("vector_idx")
         if existing and changed:
-            table.optimize()  # folds newly written rows into the indexes that already existed
+            # compacts, folds newly written rows into the indexes that already existed, and removes
+            # versions superseded more than the retention ago (rag_app.store.upkeep)
+            optimize_table(table, retention_s=retention_s)
         return touched
 
     def info(self, site: str, collection: str) -> TableInfo | None:

@@ -16,6 +16,7 @@ from rag_app.optimize.training.hard_negatives import MiningReport, mine_pairs, s
 from rag_app.optimize.training.labelled import LabelledQuery
 from rag_app.optimize.training.pairs import write_pairs
 from rag_app.runtime import Runtime
+from rag_app.store.connection import display_location
 
 __all__ = ["RETRIEVE_K", "mine_site_pairs"]
 
@@ -56,7 +57,8 @@ def mine_site_pairs(
     if report.queries == 0 or splits != {"train", "dev"}:
         raise InputError(
             f"site {site!r}: {report.queries} of {len(queries)} labelled queries have their judged "
-            f"documents in the index at {runtime.settings.db_dir} (splits mined: {sorted(splits) or 'none'});"
+            f"documents in the index at {display_location(runtime.settings.db_location)} "
+            f"(splits mined: {sorted(splits) or 'none'});"
             f" ingest the site's data first (`rag-app ingest --site {site} ...`) and check that "
             "relevant_ids name its doc ids"
         )
