@@ -63,6 +63,14 @@ def ingest(
         str | None,
         typer.Option("--csv-map", help="CSV column mapping, e.g. 'id=ref,text=body,date=published'."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (default: this process) or ray (a Ray Data pipeline on RAG_RAY_ADDRESS, or on a "
+            "Ray started here; needs the 'ray' extra).",
+        ),
+    ] = "local",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -70,7 +78,8 @@ def ingest(
 
     Sources besides PATHS: --url, --sitemap, --s3 (pages answering 304 and objects with the same ETag
     are not downloaded again). One writer per collection at a time: a concurrent run waits for the
-    first (RAG_INGEST_LOCK_TIMEOUT_S).
+    first (RAG_INGEST_LOCK_TIMEOUT_S). --engine ray runs the same ingest (same rows, same report) with
+    parsing and embedding spread over Ray workers (RAG_RAY_EMBED_ACTORS model copies), for PATHS only.
     """
     import logging
 
@@ -79,6 +88,13 @@ def ingest(
 
     if on_error not in ("stop", "skip"):
         raise InputError(f"--on-error must be 'stop' or 'skip', got {on_error!r}")
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray" and (url or sitemap or s3 or include or exclude):
+        raise InputError(
+            "--engine ray ingests PATHS only: leave out --url/--sitemap/--s3/--include/--exclude, or drop "
+            "--engine ray to fetch those sources in this process"
+        )
     columns = None
     if csv_map:
         pairs = [p.split("=", 1) for p in csv_map.split(",") if p.strip()]
@@ -122,17 +138,23 @@ def ingest(
         return
     if not paths:
         raise InputError("nothing to ingest: pass files or folders, or --url, --sitemap or --s3")
-    report = Runtime(settings).ingest(
-        site,
-        collection,
-        paths,
-        prune=prune,
-        force=yes,
-        dry_run=dry_run,
-        on_error=on_error,  # type: ignore[arg-type]
-        csv_columns=columns,
-        progress=terminal,
-    )
+    runtime = Runtime(settings)
+    options: dict[str, Any] = {
+        "prune": prune,
+        "force": yes,
+        "dry_run": dry_run,
+        "on_error": on_error,
+        "csv_columns": columns,
+        "progress": terminal,
+    }
+    if engine == "ray":
+        from rag_app.ingest.engines.ray_ingest import ray_ingest_paths
+
+        report = ray_ingest_paths(
+            settings, site, collection, paths, embedder=runtime.embedder_for(site), **options
+        )
+    else:
+        report = runtime.ingest(site, collection, paths, **options)
     for skipped in report.skipped:
         note(f"skipped {skipped}")
     if dry_run:
@@ -232,7 +254,7 @@ def stats(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOp
     if as_json:
         print_json([asdict(i) for i in infos])
         return
-    table = Table(title=f"LanceDB at {settings.db_dir}")
+    table = Table(title=f"LanceDB at {store.db.shown}")
     columns = ("site", "collection", "rows", "documents", "embedder", "dim", "version", "indexes", "dup ids")
     for col in columns:
         table.add_column(col)
@@ -261,33 +283,61 @@ def stats(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOp
 @handle_errors
 def maintain(
     dedupe: Annotated[
-        bool, typer.Option("--dedupe", help="Remove extra rows of chunk ids stored more than once.")
+        bool,
+        typer.Option("--dedupe", help="Only remove extra rows of chunk ids stored more than once."),
     ] = False,
     site: Annotated[str | None, typer.Option("--site", help="Only this site (default: all).")] = None,
     collection: Annotated[str | None, typer.Option("--collection", help="Only this collection.")] = None,
+    retention_s: Annotated[
+        float | None,
+        typer.Option(
+            "--retention-s",
+            help="Keep versions superseded less than this long ago (default RAG_MAINTAIN_RETENTION_S).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Repair tables: --dedupe keeps one row per chunk id (under the collection's writer lock)."""
-    from rag_app.core.errors import InputError
+    """Compact every table, fold new rows into its indexes, remove old versions (cron, CronJob).
+
+    Each collection's chunk and document tables are done under its writer lock, so an ingest waits
+    (or maintain waits for it); searches go on meanwhile. --dedupe instead keeps one row per chunk id.
+    """
+    from dataclasses import asdict
+
+    from rag_app.store.maintenance import maintain as run_maintain
+    from rag_app.store.maintenance import maintenance_targets
     from rag_app.store.vector_store import VectorStore
 
-    if not dedupe:
-        raise InputError("nothing to do: pass --dedupe")
-    if collection and not site:
-        raise InputError("--collection needs --site")
     settings = load_settings(config, data_dir=data_dir)
+    targets = maintenance_targets(settings, site, collection)
     store = VectorStore(settings)
-    targets = [
-        (s, c) for s in ([site] if site else list(settings.sites)) for c in store.check_site(s, collection)
-    ]
-    removed = {f"{s}/{c}": store.dedupe(s, c) for s, c in targets}
-    if as_json:
-        print_json({"removed_rows": removed})
+    if dedupe:
+        removed = {f"{s}/{c}": store.dedupe(s, c) for s, c in targets}
+        if as_json:
+            print_json({"removed_rows": removed})
+            return
+        for name, n in removed.items():
+            console.print(f"{name}: {n} duplicate rows removed", highlight=False)
         return
-    for name, n in removed.items():
-        console.print(f"{name}: {n} duplicate rows removed", highlight=False)
+    done = run_maintain(store, targets, retention_s=retention_s)
+    retention = settings.maintain_retention_s if retention_s is None else retention_s
+    if as_json:
+        print_json(
+            {"database": store.db.shown, "retention_s": retention, "tables": [asdict(t) for t in done]}
+        )
+        return
+    for t in done:
+        folded = ", ".join(t.indexes_folded) or "none"
+        console.print(
+            f"{t.table}: {t.rows} rows, fragments {t.fragments_before} -> {t.fragments_after}, "
+            f"{t.versions_removed} of {t.versions_before} versions removed, indexes folded: {folded}",
+            highlight=False,
+            markup=False,
+        )
+    if not done:
+        console.print("no tables yet: run `rag-app ingest` first", highlight=False)
 
 
 @handle_errors

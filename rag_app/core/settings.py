@@ -163,8 +163,8 @@ class Settings(BaseSettings):
     maintain_retention_s: float = Field(
         3600.0,
         ge=0.0,
-        description="`rag-app maintain` removes table versions older than this; readers still on an "
-        "older version need it kept for longer than their slowest query.",
+        description="Table versions superseded more than this long ago are removed (by `rag-app maintain` "
+        "and by ingest's own tidy-up); keep it above read_consistency_s plus the slowest query.",
     )
     sites: dict[str, list[str]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_SITES.items()}
@@ -360,6 +360,9 @@ class Settings(BaseSettings):
     )
     ray_embed_actors: int = Field(
         1, ge=1, le=1024, description="Embedding actors (each loads the model once)."
+    )
+    ray_embed_gpus: float = Field(
+        0.0, ge=0.0, description="GPUs per embedding actor of `ingest --engine ray` (0 = CPU actors)."
     )
     ray_commit_documents: int = Field(
         256, ge=1, description="Documents per commit of `ingest --engine ray` (one LanceDB commit each)."

@@ -10,25 +10,31 @@ Writing (:mod:`rag_app.ingest.writer`) streams: chunks are embedded ``embed_batc
 and their rows staged on disk, so memory stays bounded however large a document is, while commits
 fall on document boundaries only (a crash leaves every document wholly old or wholly new). A run
 with nothing to do commits nothing: no new table version, no index rebuild.
+
+The steps below the two entry points (guard, diff, prune, chunk, rows, finish) are public so the Ray
+engine (:mod:`rag_app.ingest.engines`, ``ingest --engine ray``) runs exactly the same ones.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
 
 from rag_app.core.errors import InputError
 from rag_app.core.hardware import release_freed_memory
 from rag_app.core.settings import Settings
-from rag_app.core.types import Document
-from rag_app.ingest.chunking import document_hash, has_text
+from rag_app.core.types import Chunk, Document
+from rag_app.ingest.chunking import document_hash, embedding_text, has_text, iter_chunks
 from rag_app.ingest.loaders import OnError, load_paths
 from rag_app.ingest.writer import StreamWriter
 from rag_app.models.embeddings import Embedder, load_embedder
-from rag_app.store.schema import check_embedder, table_name
+from rag_app.store.schema import check_embedder, chunks_to_table, table_name
 from rag_app.store.vector_store import VectorStore
 
 log = logging.getLogger("rag_app.ingest.pipeline")
@@ -160,20 +166,12 @@ def ingest_documents(
     fingerprint = chunk_fingerprint(settings, embedder)
     report = IngestReport(site, collection, dry_run=dry_run)
     with store.writer(site, collection):
-        if dry_run:
-            table = store.open_table(site, collection)
-            if table is not None:
-                where = table_name(site, collection)
-                check_embedder(table, embedder.model_id, embedder.dimension, where=where)
-        else:
-            table = store.create_or_open(site, collection, embedder.model_id, embedder.dimension)
+        table = open_collection(store, site, collection, embedder, dry_run=dry_run)
         existing = store.doc_hashes(table) if table is not None else {}
-        pending = _diff(documents, existing, fingerprint, report)
+        pending = diff_documents(documents, existing, fingerprint, report)
         if prune:
             present = {d.id for d in documents if has_text(d)} | set(keep_ids)
-            report.removed_ids = sorted(set(existing) - present)
-            report.removed = len(report.removed_ids)
-            _check_prune(settings, report, len(existing), force)
+            plan_prune(settings, report, existing, present, force=force)
         if dry_run or table is None:
             report.seconds = time.perf_counter() - start
             return report
@@ -181,20 +179,107 @@ def ingest_documents(
             settings, store, table, embedder, fingerprint, report, progress, on_batch, stored_ids=existing
         )
         writer.write(pending, batch_docs)
-        store.delete_documents(table, report.removed_ids)
-        # Each phase below (commit, index build, document table) allocates from threads of its own; the
-        # memory one freed is returned to the OS before the next, so peaks do not stack (a 50 MB
-        # document's ingest peaked 1,260 MB without this: benchmarks/README.md).
-        release_freed_memory()
-        report.indexes = store.refresh_indexes(
-            table,
-            changed=bool(pending or report.removed_ids),
-            documents=[d.id for d in pending],
-            removed=report.removed_ids,
-        )
-        release_freed_memory()
+        finish_ingest(store, table, report, [d.id for d in pending])
     report.seconds = time.perf_counter() - start
     return report
+
+
+# ---------------------------------------------------------------------------------- reusable steps
+# The steps of an ingest that another engine (rag_app.ingest.engines: Ray) runs the same way, so both
+# engines guard the table, diff, prune, chunk, build rows and finish identically.
+
+
+def open_collection(
+    store: VectorStore, site: str, collection: str, embedder: Embedder, *, dry_run: bool
+) -> Any:
+    """The collection's table, created if missing (``None`` on a dry run of a new collection), after
+    the embedder guard: a table built with another embedder is refused. Hold the writer lock."""
+    if not dry_run:
+        return store.create_or_open(site, collection, embedder.model_id, embedder.dimension)
+    table = store.open_table(site, collection)
+    if table is not None:
+        check_embedder(table, embedder.model_id, embedder.dimension, where=table_name(site, collection))
+    return table
+
+
+def count_document(report: IngestReport, existing: dict[str, str], doc_id: str, doc_hash: str | None) -> bool:
+    """Count one document on ``report`` (added, updated, unchanged, or empty when ``doc_hash`` is
+    None: it has no text); True when it must be (re)written."""
+    if doc_hash is None:  # nothing to chunk: never written, never counted as added
+        report.empty += 1
+        return False
+    old = existing.get(doc_id)
+    if old is None:
+        report.added += 1
+        return True
+    if old != doc_hash:
+        report.updated += 1
+        return True
+    report.unchanged += 1
+    return False
+
+
+def diff_documents(
+    documents: Sequence[Document], existing: dict[str, str], fingerprint: str, report: IngestReport
+) -> list[Document]:
+    """Documents to (re)write; counts added/updated/unchanged/empty on ``report``."""
+    return [
+        doc
+        for doc in documents
+        if count_document(
+            report, existing, doc.id, document_hash(doc, fingerprint) if has_text(doc) else None
+        )
+    ]
+
+
+def plan_prune(
+    settings: Settings, report: IngestReport, existing: dict[str, str], present: set[str], *, force: bool
+) -> None:
+    """Record on ``report`` the stored documents absent from ``present``; refuses (before anything is
+    written) a prune past ``prune_max_fraction`` unless ``force`` (:class:`PruneRefusedError`)."""
+    report.removed_ids = sorted(set(existing) - present)
+    report.removed = len(report.removed_ids)
+    _check_prune(settings, report, len(existing), force)
+
+
+def finish_ingest(store: VectorStore, table: Any, report: IngestReport, written: Iterable[str]) -> None:
+    """After the writes: remove pruned documents, then refresh the indexes and the document table
+    (only what is missing when nothing changed). Hold the writer lock."""
+    written = list(written)
+    store.delete_documents(table, report.removed_ids)
+    # Each phase below (commit, index build, document table) allocates from threads of its own; the
+    # memory one freed is returned to the OS before the next, so peaks do not stack (a 50 MB
+    # document's ingest peaked 1,260 MB without this: benchmarks/README.md).
+    release_freed_memory()
+    report.indexes = store.refresh_indexes(
+        table,
+        changed=bool(written or report.removed_ids),
+        documents=written,
+        removed=report.removed_ids,
+    )
+    release_freed_memory()
+
+
+def chunk_document(
+    settings: Settings, doc: Document, *, site: str, collection: str, embedder: Embedder, fingerprint: str
+) -> Iterator[Chunk]:
+    """``doc``'s chunks as the settings cut them, counted with ``embedder``'s tokenizer (a stream)."""
+    return iter_chunks(
+        doc,
+        site=site,
+        collection=collection,
+        tokenizer=embedder,
+        chunk_tokens=settings.chunk_tokens,
+        overlap=settings.chunk_overlap,
+        max_input_tokens=embedder.max_tokens,
+        fingerprint=fingerprint,
+    )
+
+
+def embed_rows(embedder: Embedder, chunks: Sequence[Chunk], schema: pa.Schema) -> pa.Table:
+    """Embed ``chunks`` (header + body, what the full-text index sees too) into rows of ``schema``."""
+    texts = [embedding_text(c) for c in chunks]
+    return chunks_to_table(chunks, texts, embedder.embed_documents(texts), schema)
 
 
 def check_document_size(doc: Document, limit: int) -> None:
@@ -208,27 +293,6 @@ def check_document_size(doc: Document, limit: int) -> None:
             f"document {doc.id!r} ({doc.source or 'no source'}) is {size:,} bytes, over the limit of "
             f"{limit:,} bytes (RAG_MAX_DOCUMENT_BYTES); split it, or raise the limit"
         )
-
-
-def _diff(
-    documents: Sequence[Document], existing: dict[str, str], fingerprint: str, report: IngestReport
-) -> list[Document]:
-    """Documents to (re)write; counts added/updated/unchanged/empty on ``report``."""
-    pending: list[Document] = []
-    for doc in documents:
-        if not has_text(doc):  # nothing to chunk: never written, never counted as added
-            report.empty += 1
-            continue
-        old = existing.get(doc.id)
-        if old is None:
-            report.added += 1
-            pending.append(doc)
-        elif old != document_hash(doc, fingerprint):
-            report.updated += 1
-            pending.append(doc)
-        else:
-            report.unchanged += 1
-    return pending
 
 
 def _check_prune(settings: Settings, report: IngestReport, total: int, force: bool) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "LoadResult",
     "OnError",
     "detect_format",
+    "expand_paths",
     "load_bytes",
     "load_file",
     "load_paths",
@@ -77,7 +78,7 @@ def load_paths(
         path = Path(raw)
         if not path.exists():
             raise LoaderError(path, "no such file or directory")
-        for file, root in _expand(path):
+        for file, root in expand_paths(path):
             result.files += 1
             docs = load_file(
                 file,
@@ -101,7 +102,7 @@ def load_paths(
     return result
 
 
-def _expand(path: Path) -> Iterator[tuple[Path, Path]]:
+def expand_paths(path: Path) -> Iterator[tuple[Path, Path]]:
     """Yield (file, root) pairs; root is what Markdown/text ids are made relative to."""
     if path.is_file():
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:

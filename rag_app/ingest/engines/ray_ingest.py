@@ -1,0 +1,284 @@
+"""``rag-app ingest --engine ray``: the ingest of :mod:`rag_app.ingest.pipeline` as a Ray Data pipeline.
+
+Same contract as the single-process engine (same :class:`IngestReport`, same rows, interchangeable:
+a collection written by one is found unchanged by the other), different execution:
+
+1. **scan** (Ray tasks): every file is parsed and each document's id and content hash sent back.
+   Before anything is written the driver applies the loader's rules (the first malformed record
+   stops the run under ``on_error="stop"``, duplicate ids, the size limit) and, holding the
+   collection's writer lock, diffs the hashes with the table's: unchanged documents cost nothing
+   more, ``--prune`` and ``--dry-run`` work as they do locally. A re-run with nothing to do starts
+   no embedding actor and commits nothing.
+2. **load** (Ray tasks): the files with pending documents are parsed again where they are embedded
+   (only ids and hashes went to the driver), a large file split over several tasks.
+3. **embed** (``settings.ray_embed_actors`` actors, each loading the model once): chunk, embed and
+   write the new documents' rows as Lance fragments, straight to the table's storage.
+4. **commit** (the driver): one Append of fragments per ``settings.ray_commit_documents`` documents;
+   changed documents replaced by merge; then the indexes and the document table, once.
+
+What a cluster changes: the scan, load and embed stages run on every node (set
+``RAG_RAY_EMBED_ACTORS`` to the number of model copies the cluster holds), fragments are written in
+parallel to the shared database (``RAG_DB_URI`` on object storage, or a mount every node has), and
+the input paths must be absolute paths every node can read. The commits stay on the driver: they
+are metadata-only and serialised by the collection's writer lock, so they are not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rag_app.core.errors import InputError, LoaderError
+from rag_app.core.settings import Settings
+from rag_app.core.types import Document
+from rag_app.ingest.chunking import document_hash, has_text
+from rag_app.ingest.engines.ray_commit import FragmentCommitter
+from rag_app.ingest.engines.ray_plan import PendingFile, Scan, plan_files, read_scan
+from rag_app.ingest.engines.ray_session import ray_session
+from rag_app.ingest.engines.ray_stages import EmbedActor, document_rows, load_pending, scan_files
+from rag_app.ingest.loaders import OnError
+from rag_app.ingest.loaders import expand_paths as expand_path
+from rag_app.ingest.pipeline import (
+    DEFAULT_BATCH_DOCS,
+    IngestReport,
+    check_document_size,
+    chunk_fingerprint,
+    count_document,
+    finish_ingest,
+    open_collection,
+    plan_prune,
+)
+from rag_app.models.embeddings import Embedder, load_embedder
+from rag_app.store.vector_store import VectorStore
+
+#: Load tasks per embedding actor a large file is split into (each parses the file, keeps its share).
+SPLITS_PER_ACTOR = 4
+
+
+def ray_ingest_paths(
+    settings: Settings,
+    site: str,
+    collection: str,
+    paths: Sequence[Path | str],
+    *,
+    prune: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    on_error: OnError = "stop",
+    csv_columns: dict[str, str] | None = None,
+    progress: bool = True,
+    batch_docs: int = DEFAULT_BATCH_DOCS,
+    embedder: Embedder | None = None,
+) -> IngestReport:
+    """:func:`rag_app.ingest.pipeline.ingest_paths` on Ray (see the module docstring).
+
+    ``embedder``: the driver's embedder (the runtime's); it guards the table and makes the hashes'
+    fingerprint. The actors load their own from ``settings`` and refuse to run if it differs.
+    ``batch_docs``: documents per actor call (one fragment each); commits group
+    ``settings.ray_commit_documents`` documents.
+    """
+    start = time.perf_counter()
+    store = VectorStore(settings)
+    store.check_site(site, collection)
+    files = list_files(paths, remote=bool(settings.ray_address))
+    embedder = embedder or load_embedder(settings)
+    fingerprint = chunk_fingerprint(settings, embedder)
+    report = IngestReport(site, collection, dry_run=dry_run, files=len(files))
+    options = {"on_error": on_error, "csv_columns": csv_columns, "max_bytes": settings.max_document_bytes}
+    with ray_session(settings, progress=progress) as ray:
+        scan = _scan(ray, files, options | {"fingerprint": fingerprint})
+        report.skipped = scan.skipped
+        with store.writer(site, collection):
+            table = open_collection(store, site, collection, embedder, dry_run=dry_run)
+            existing = store.doc_hashes(table) if table is not None else {}
+            pending = plan_files(scan, files, existing, report)
+            if prune:
+                present = {d.doc_id for d in scan.documents if d.doc_hash is not None}
+                plan_prune(settings, report, existing, present, force=force)
+            if dry_run or table is None:
+                report.seconds = time.perf_counter() - start
+                return report
+            written: list[str] = []
+            if pending:
+                items = [piece.item() for piece in _split(pending, settings.ray_embed_actors, batch_docs)]
+                documents = ray.data.from_items(items).map_batches(
+                    load_pending, batch_size=1, batch_format="pyarrow", fn_kwargs=options
+                )
+                total = sum(len(p.doc_ids) for p in pending)
+                written = _embed_and_commit(
+                    ray, documents, settings, store, table, report, embedder, fingerprint, total, batch_docs
+                )
+            finish_ingest(store, table, report, written)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def ray_ingest_documents(
+    settings: Settings,
+    site: str,
+    collection: str,
+    documents: Sequence[Document],
+    *,
+    prune: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    batch_docs: int = DEFAULT_BATCH_DOCS,
+    store: VectorStore | None = None,
+    embedder: Embedder | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    keep_ids: Collection[str] = (),
+) -> IngestReport:
+    """:func:`rag_app.ingest.pipeline.ingest_documents` on Ray: documents already loaded (a source's
+    items, an upload) are diffed here and only the pending ones shipped to the embedding actors."""
+    start = time.perf_counter()
+    store = store or VectorStore(settings)
+    store.check_site(site, collection)
+    for doc in documents:
+        check_document_size(doc, settings.max_document_bytes)
+    embedder = embedder or load_embedder(settings)
+    fingerprint = chunk_fingerprint(settings, embedder)
+    report = IngestReport(site, collection, dry_run=dry_run)
+    with store.writer(site, collection):
+        table = open_collection(store, site, collection, embedder, dry_run=dry_run)
+        existing = store.doc_hashes(table) if table is not None else {}
+        pending = [
+            (doc, doc.id in existing)
+            for doc in documents
+            if count_document(
+                report, existing, doc.id, document_hash(doc, fingerprint) if has_text(doc) else None
+            )
+        ]
+        if prune:
+            present = {d.id for d in documents if has_text(d)} | set(keep_ids)
+            plan_prune(settings, report, existing, present, force=force)
+        if dry_run or table is None:
+            report.seconds = time.perf_counter() - start
+            return report
+        written: list[str] = []
+        if pending:
+            with ray_session(settings, progress=progress) as ray:
+                rows = ray.data.from_items(document_rows(pending))
+                written = _embed_and_commit(
+                    ray,
+                    rows,
+                    settings,
+                    store,
+                    table,
+                    report,
+                    embedder,
+                    fingerprint,
+                    len(pending),
+                    batch_docs,
+                    on_batch,
+                )
+        finish_ingest(store, table, report, written)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def list_files(paths: Sequence[Path | str], *, remote: bool) -> list[tuple[Path, Path]]:
+    """``(file, root)`` pairs in the order the local loader reads them (ids are paths under root).
+
+    ``remote``: on a Ray cluster relative paths would be read from each worker's own directory, so
+    they are refused."""
+    files: list[tuple[Path, Path]] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise LoaderError(path, "no such file or directory")
+        if remote and not path.is_absolute():
+            raise InputError(
+                f"{path}: with RAG_RAY_ADDRESS (a Ray cluster) pass absolute paths on a filesystem every "
+                "node mounts; a relative path would be read from each worker's own directory"
+            )
+        files += expand_path(path)
+    return files
+
+
+def _scan(ray: ModuleType, files: Sequence[tuple[Path, Path]], options: dict[str, Any]) -> Scan:
+    """Every file parsed by Ray tasks, the rows read back under the loader's rules (raises as it does)."""
+    rows: list[dict[str, Any]] = []
+    if files:
+        items = [{"file_index": i, "path": str(f), "root": str(r)} for i, (f, r) in enumerate(files)]
+        scanned = ray.data.from_items(items).map_batches(
+            scan_files, batch_size=16, batch_format="pyarrow", fn_kwargs=options
+        )
+        rows = _collect(scanned)
+    return read_scan(rows, files, options["on_error"])
+
+
+def _split(pending: Sequence[PendingFile], actors: int, batch_docs: int) -> list[PendingFile]:
+    """Pieces of the pending files, so one large file (a JSONL corpus) is loaded and embedded by
+    several actors: about :data:`SPLITS_PER_ACTOR` pieces per actor, never under ``batch_docs``
+    documents (each piece parses its whole file again: a cost worth paying only for that much)."""
+    pieces: list[PendingFile] = []
+    for entry in pending:
+        size = max(batch_docs, math.ceil(len(entry.doc_ids) / (SPLITS_PER_ACTOR * actors)))
+        for i in range(0, len(entry.doc_ids), size):
+            part = slice(i, i + size)
+            pieces.append(
+                PendingFile(
+                    entry.path, entry.root, entry.positions[part], entry.doc_ids[part], entry.updates[part]
+                )
+            )
+    return pieces
+
+
+def _embed_and_commit(
+    ray: ModuleType,
+    documents: Any,
+    settings: Settings,
+    store: VectorStore,
+    table: Any,
+    report: IngestReport,
+    embedder: Embedder,
+    fingerprint: str,
+    total: int,
+    batch_docs: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Run ``documents`` (a dataset of :data:`~.ray_stages.DOC_SCHEMA` rows) through the embedding
+    actors and commit their results; returns the ids written."""
+    results = documents.map_batches(
+        EmbedActor,
+        batch_size=batch_docs,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=settings.ray_embed_actors),
+        num_gpus=settings.ray_embed_gpus or None,
+        fn_constructor_kwargs={
+            "settings": settings,
+            "site": report.site,
+            "collection": report.collection,
+            "identity": (embedder.model_id, embedder.dimension, embedder.max_tokens),
+            "fingerprint": fingerprint,
+            "table_uri": table.uri,
+            "schema": table.schema,
+        },
+    )
+    committer = FragmentCommitter(
+        store,
+        table,
+        report,
+        every=settings.ray_commit_documents,
+        storage_options=dict(settings.storage_options) or None,
+        total=total,
+        on_batch=on_batch,
+    )
+    for result in _iter_rows(results):
+        committer.add(result)
+    committer.flush()
+    return committer.written
+
+
+def _iter_rows(dataset: Any) -> Any:
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from batch.to_pylist()
+
+
+def _collect(dataset: Any) -> list[dict[str, Any]]:
+    return list(_iter_rows(dataset))
