@@ -197,3 +197,20 @@ def store_env(settings: Settings) -> dict[str, str]:
         env["RAG_DB_URI"] = settings.db_uri
         env["RAG_STORAGE_OPTIONS"] = json.dumps(settings.storage_options)
     return env
+
+
+# ------------------------------------------------------------------------------ TEI stand-in
+@pytest.fixture(scope="module")
+def tei_server(tiny_path: Path) -> Iterator[Any]:
+    """The TEI stand-in (``tests/tei_standin.py``) with the tiny cross-encoder, one per test module."""
+    from tests.tei_standin import TeiStandIn
+
+    with TeiStandIn(reranker_path=tiny_path, hang_s=5.0) as server:
+        yield server
+
+
+@pytest.fixture
+def tei(tei_server: Any) -> Any:
+    """The module's TEI stand-in, back to its constructed state for each test."""
+    tei_server.reset()
+    return tei_server

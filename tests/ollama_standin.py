@@ -41,8 +41,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.loopback import LoopbackServer
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -224,7 +226,7 @@ class _Model:
         return 274302450 if self.is_embedding else 2019393189
 
 
-class OllamaStandIn:
+class OllamaStandIn(LoopbackServer):
     """A loopback HTTP server speaking Ollama's API with deterministic fake models (see the module doc).
 
     Args:
@@ -258,38 +260,19 @@ class OllamaStandIn:
         self._loaded: dict[str, str] = {}  # normalized name -> name as last requested
         self._requests: list[tuple[str, str, Any]] = []
         self._failures: list[list[Any]] = []  # [remaining, status, message, path or None]
-        self._closed = threading.Event()
         self._connections: set[socket.socket] = set()
         for name, dims in (DEFAULT_MODELS if models is None else models).items():
             self.add_model(name, dims)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self.port: int = self._httpd.server_address[1]
-        self.host = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.01},
-            name="ollama-standin",
-            daemon=True,
-        )
-        self._thread.start()
+        super().__init__(self._make_handler(), name="ollama-standin")
+        self.host = self.url
 
     # ---- lifecycle -----------------------------------------------------------------------------------
-
-    def __enter__(self) -> OllamaStandIn:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop serving and free the port. Idempotent; wakes requests sleeping in ``delay_s``."""
         if self._closed.is_set():
             return
-        self._closed.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().close()
         with self._lock:  # drop keep-alive connections too, as a stopped server would
             connections = list(self._connections)
         for conn in connections:

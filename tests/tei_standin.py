@@ -33,11 +33,13 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tests.loopback import LoopbackServer
 
 __all__ = ["DEFAULT_SERVED_MODEL", "TeiStandIn"]
 
@@ -58,7 +60,7 @@ def _error(status: int, message: str, error_type: str) -> _Reply:
     return _Reply(status, {"error": message, "error_type": error_type})
 
 
-class TeiStandIn:
+class TeiStandIn(LoopbackServer):
     """A loopback server speaking TEI's ``/rerank``, ``/embed`` and ``/v1/embeddings`` (module doc).
 
     Args:
@@ -85,6 +87,7 @@ class TeiStandIn:
         self.max_client_batch_size = max_client_batch_size
         self.hang_s = hang_s
         self.api_key = api_key
+        self._constructed = (served_model, api_key)
         self.mode = "ok"
         self.dimensions: int | None = None
         self.requests: list[tuple[str, Any]] = []
@@ -93,31 +96,7 @@ class TeiStandIn:
         self._model_lock = threading.Lock()  # tokenizers are not thread-safe
         self._cross_encoder: Any = None
         self._embedder: Any = None
-        self._closed = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name="tei-standin", daemon=True
-        )
-        self._thread.start()
-
-    # -- lifecycle ----------------------------------------------------------------------------------
-    def __enter__(self) -> TeiStandIn:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop serving and free the port; wakes requests sleeping in ``mode="hang"``. Idempotent."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(_make_handler(self), name="tei-standin")
 
     # -- hooks ----------------------------------------------------------------------------------------
     def fail_next(self, n: int, status: int = 500, path: str | None = None) -> None:
@@ -132,8 +111,10 @@ class TeiStandIn:
             return sum(1 for p, _ in self.requests if p == path)
 
     def reset(self) -> None:
-        """Back to normal service with no request history."""
+        """Back to normal service as constructed (every hook, the served model and the key included), with
+        no request history: a test that switched a hook cannot leak it into the next."""
         with self._lock:
+            self.served_model, self.api_key = self._constructed
             self.mode = "ok"
             self.dimensions = None
             self._fail.clear()

@@ -8,7 +8,6 @@ with the tiny cross-encoder from ``tiny_models``; the index is a real LanceDB ta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +40,6 @@ DOCS = {
     "earnings.md": "# Earnings\n\nAMD guided above consensus for the data-center segment this quarter.",
 }
 OTHER_MODEL = "BAAI/bge-small-en-v1.5"
-
-
-@pytest.fixture(scope="module")
-def tei_server(tiny_path: Path) -> Iterator[TeiStandIn]:
-    with TeiStandIn(reranker_path=tiny_path, hang_s=5.0) as server:
-        yield server
-
-
-@pytest.fixture
-def tei(tei_server: TeiStandIn) -> TeiStandIn:
-    tei_server.reset()
-    tei_server.served_model = DEFAULT_SERVED_MODEL
-    return tei_server
 
 
 @pytest.fixture(scope="module")

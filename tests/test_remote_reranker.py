@@ -59,19 +59,6 @@ def local(tiny_path: Path) -> CrossEncoderReranker:
     return CrossEncoderReranker(str(tiny_path), revision=None, backend="torch-fp32", cache_size=0)
 
 
-@pytest.fixture(scope="module")
-def tei_server(tiny_path: Path) -> Iterator[TeiStandIn]:
-    with TeiStandIn(reranker_path=tiny_path, hang_s=5.0) as server:
-        yield server
-
-
-@pytest.fixture
-def tei(tei_server: TeiStandIn) -> TeiStandIn:
-    tei_server.reset()
-    tei_server.api_key = None
-    return tei_server
-
-
 def remote(url: str, tmp_path: Path, **overrides: Any) -> RemoteReranker:
     """A remote reranker built the way the runtime builds one: ``load_reranker(settings)``."""
     values: dict[str, Any] = {

@@ -11,33 +11,39 @@ and their rows staged on disk, so memory stays bounded however large a document 
 fall on document boundaries only (a crash leaves every document wholly old or wholly new). A run
 with nothing to do commits nothing: no new table version, no index rebuild.
 
-The steps below the two entry points (guard, diff, prune, chunk, rows, finish) are public so the Ray
-engine (:mod:`rag_app.ingest.engines`, ``ingest --engine ray``) runs exactly the same ones.
+Every engine runs the same locked part (:func:`locked_ingest`: guard, diff, prune, write, finish) and
+the same steps below the entry points (chunk and rows come from :mod:`rag_app.ingest.writer`); an
+engine brings only its write step (:data:`~rag_app.ingest.writer.WritePending`): the single-process
+:func:`~rag_app.ingest.writer.write_streamed`, or the Ray engine's (:mod:`rag_app.ingest.engines`,
+``ingest --engine ray``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
+from typing import Any, TypeVar
 
 from rag_app.core.errors import InputError
 from rag_app.core.hardware import release_freed_memory
 from rag_app.core.settings import Settings
-from rag_app.core.types import Chunk, Document
-from rag_app.ingest.chunking import document_hash, embedding_text, has_text, iter_chunks
+from rag_app.core.types import Document
+from rag_app.ingest.chunking import document_hash, has_text
 from rag_app.ingest.loaders import OnError, load_paths
-from rag_app.ingest.writer import StreamWriter
+from rag_app.ingest.writer import WriteJob, WritePending, write_streamed
+from rag_app.ingest.writer import chunk_document as chunk_document  # re-exported: a step both engines run
+from rag_app.ingest.writer import embed_rows as embed_rows  # re-exported: a step both engines run
 from rag_app.models.embeddings import Embedder, load_embedder
-from rag_app.store.schema import check_embedder, chunks_to_table, table_name
+from rag_app.store.schema import check_embedder, table_name
 from rag_app.store.vector_store import VectorStore
 
 log = logging.getLogger("rag_app.ingest.pipeline")
+
+#: An engine's pending work: documents (the single-process engine) or files to load again (Ray).
+P = TypeVar("P")
 
 #: Documents per commit: large enough to amortise a commit, small enough that a crash loses little.
 DEFAULT_BATCH_DOCS = 64
@@ -148,6 +154,7 @@ def ingest_documents(
     embedder: Embedder | None = None,
     on_batch: Callable[[int], None] | None = None,
     keep_ids: Collection[str] = (),
+    write: WritePending = write_streamed,
 ) -> IngestReport:
     """Upsert already-loaded documents under the collection's writer lock.
 
@@ -155,7 +162,9 @@ def ingest_documents(
     nothing written) to remove more than ``prune_max_fraction`` of them unless ``force``: an empty or
     mistaken input path must not wipe a collection. ``dry_run`` computes the report and writes nothing.
     ``on_batch(n)`` is called after each committed batch. ``keep_ids``: ids of documents known to be
-    present though not passed (a source's unchanged, not re-fetched items): never pruned.
+    present though not passed (a source's unchanged, not re-fetched items): never pruned. ``write``:
+    the engine's write step (:func:`write_streamed` here, the Ray engine's in
+    :func:`rag_app.ingest.engines.ray_ingest.ray_ingest_documents`); everything around it is the same.
     """
     start = time.perf_counter()
     store = store or VectorStore(settings)
@@ -165,28 +174,74 @@ def ingest_documents(
     embedder = embedder or load_embedder(settings)
     fingerprint = chunk_fingerprint(settings, embedder)
     report = IngestReport(site, collection, dry_run=dry_run)
-    with store.writer(site, collection):
-        table = open_collection(store, site, collection, embedder, dry_run=dry_run)
-        existing = store.doc_hashes(table) if table is not None else {}
-        pending = diff_documents(documents, existing, fingerprint, report)
-        if prune:
-            present = {d.id for d in documents if has_text(d)} | set(keep_ids)
-            plan_prune(settings, report, existing, present, force=force)
-        if dry_run or table is None:
-            report.seconds = time.perf_counter() - start
-            return report
-        writer = StreamWriter(
-            settings, store, table, embedder, fingerprint, report, progress, on_batch, stored_ids=existing
-        )
-        writer.write(pending, batch_docs)
-        finish_ingest(store, table, report, [d.id for d in pending])
+
+    def plan(existing: dict[str, str]) -> tuple[list[Document], set[str]]:
+        present = {d.id for d in documents if has_text(d)} | set(keep_ids)
+        return diff_documents(documents, existing, fingerprint, report), present
+
+    locked_ingest(
+        settings,
+        store,
+        embedder,
+        report,
+        plan=plan,
+        write=write,
+        prune=prune,
+        force=force,
+        progress=progress,
+        batch_docs=batch_docs,
+        on_batch=on_batch,
+    )
     report.seconds = time.perf_counter() - start
     return report
 
 
+def locked_ingest(
+    settings: Settings,
+    store: VectorStore,
+    embedder: Embedder,
+    report: IngestReport,
+    *,
+    plan: Callable[[dict[str, str]], tuple[P, set[str]]],
+    write: Callable[[WriteJob, P], list[str]],
+    prune: bool,
+    force: bool,
+    progress: bool,
+    batch_docs: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """The part of an ingest that holds the collection's writer lock, the same for every engine: the
+    embedder guard, ``plan`` (given the stored hashes, counts the diff on ``report`` and returns the
+    pending work and the ids present in the input), the prune plan, then, unless ``report`` is a dry
+    run, ``write`` and :func:`finish_ingest`. Engines differ only in what they plan and write with:
+    documents in memory (:func:`ingest_documents`) or files scanned on Ray workers."""
+    site, collection, dry_run = report.site, report.collection, report.dry_run
+    with store.writer(site, collection):
+        table = open_collection(store, site, collection, embedder, dry_run=dry_run)
+        existing = store.doc_hashes(table) if table is not None else {}
+        pending, present = plan(existing)
+        if prune:
+            plan_prune(settings, report, existing, present, force=force)
+        if dry_run or table is None:
+            return
+        job = WriteJob(
+            settings=settings,
+            store=store,
+            table=table,
+            embedder=embedder,
+            fingerprint=chunk_fingerprint(settings, embedder),
+            report=report,
+            existing=existing,
+            progress=progress,
+            batch_docs=batch_docs,
+            on_batch=on_batch,
+        )
+        finish_ingest(store, table, report, write(job, pending))
+
+
 # ---------------------------------------------------------------------------------- reusable steps
 # The steps of an ingest that another engine (rag_app.ingest.engines: Ray) runs the same way, so both
-# engines guard the table, diff, prune, chunk, build rows and finish identically.
+# engines guard the table, diff, prune and finish identically.
 
 
 def open_collection(
@@ -258,28 +313,6 @@ def finish_ingest(store: VectorStore, table: Any, report: IngestReport, written:
         removed=report.removed_ids,
     )
     release_freed_memory()
-
-
-def chunk_document(
-    settings: Settings, doc: Document, *, site: str, collection: str, embedder: Embedder, fingerprint: str
-) -> Iterator[Chunk]:
-    """``doc``'s chunks as the settings cut them, counted with ``embedder``'s tokenizer (a stream)."""
-    return iter_chunks(
-        doc,
-        site=site,
-        collection=collection,
-        tokenizer=embedder,
-        chunk_tokens=settings.chunk_tokens,
-        overlap=settings.chunk_overlap,
-        max_input_tokens=embedder.max_tokens,
-        fingerprint=fingerprint,
-    )
-
-
-def embed_rows(embedder: Embedder, chunks: Sequence[Chunk], schema: pa.Schema) -> pa.Table:
-    """Embed ``chunks`` (header + body, what the full-text index sees too) into rows of ``schema``."""
-    texts = [embedding_text(c) for c in chunks]
-    return chunks_to_table(chunks, texts, embedder.embed_documents(texts), schema)
 
 
 def check_document_size(doc: Document, limit: int) -> None:

@@ -9,6 +9,10 @@ ingest holds one embed batch of chunks and one batch of rows, not a document's w
 Commits fall on document boundaries only, so a large document is still ONE ``merge_insert`` (one
 table version) and a crash leaves every document wholly old or wholly new. The staging file is an
 unlinked temporary file: a crash leaves nothing behind to clean up.
+
+The two steps every engine cuts and embeds with (:func:`chunk_document`, :func:`embed_rows`) live here,
+below :mod:`rag_app.ingest.pipeline` (which re-exports them), so the single-process writer and the Ray
+engine's embedding actors (:mod:`rag_app.ingest.engines`) give a document the same chunks and rows.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,6 +44,58 @@ log = logging.getLogger("rag_app.ingest.pipeline")  # the CLI turns this logger 
 
 #: Chunk rows after which a commit is made at the next document boundary (bounds what a crash redoes).
 COMMIT_ROWS = 20_000
+
+
+def chunk_document(
+    settings: Settings, doc: Document, *, site: str, collection: str, embedder: Embedder, fingerprint: str
+) -> Iterator[Chunk]:
+    """``doc``'s chunks as the settings cut them, counted with ``embedder``'s tokenizer (a stream)."""
+    return iter_chunks(
+        doc,
+        site=site,
+        collection=collection,
+        tokenizer=embedder,
+        chunk_tokens=settings.chunk_tokens,
+        overlap=settings.chunk_overlap,
+        max_input_tokens=embedder.max_tokens,
+        fingerprint=fingerprint,
+    )
+
+
+def embed_rows(embedder: Embedder, chunks: Sequence[Chunk], schema: pa.Schema) -> pa.Table:
+    """Embed ``chunks`` (header + body, what the full-text index sees too) into rows of ``schema``."""
+    texts = [embedding_text(c) for c in chunks]
+    return chunks_to_table(chunks, texts, embedder.embed_documents(texts), schema)
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    """What the write step of an ingest is given, under the collection's writer lock, whichever engine
+    writes: :func:`rag_app.ingest.pipeline.ingest_documents` diffs and prunes the same way for both and
+    hands the pending documents, with this, to :func:`write_streamed` or to the Ray engine's writer."""
+
+    settings: Settings
+    store: VectorStore
+    table: Any
+    embedder: Embedder
+    fingerprint: str
+    report: IngestReport
+    #: Document id -> content hash of what the table holds now (a document in it is an update).
+    existing: Mapping[str, str]
+    progress: bool
+    #: Documents per commit (per actor call on Ray).
+    batch_docs: int
+    on_batch: Callable[[int], None] | None = None
+
+
+#: An engine's write step: chunk, embed and commit ``pending`` into ``job.table``; the ids written.
+WritePending = Callable[[WriteJob, Sequence[Document]], list[str]]
+
+
+def write_streamed(job: WriteJob, pending: Sequence[Document]) -> list[str]:
+    """The single-process write step: ``pending`` through a :class:`StreamWriter`; the ids written."""
+    StreamWriter(job).write(pending)
+    return [doc.id for doc in pending]
 
 
 class RowSpill:
@@ -99,53 +156,38 @@ class RowSpill:
 class StreamWriter:
     """Chunk -> embed (``embed_batch_size`` at a time) -> staged rows -> commit at document boundaries."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: VectorStore,
-        table: Any,
-        embedder: Embedder,
-        fingerprint: str,
-        report: IngestReport,
-        progress: bool,
-        on_batch: Callable[[int], None] | None,
-        stored_ids: Collection[str] = (),
-    ) -> None:
-        self.settings, self.store, self.table, self.embedder = settings, store, table, embedder
-        #: Documents the table holds now: a commit of none of them is an append, not a merge.
-        self.stored_ids = stored_ids
-        self.fingerprint, self.report, self.on_batch = fingerprint, report, on_batch
-        self.progress = progress
+    def __init__(self, job: WriteJob) -> None:
+        self.job = job
+        self.settings, self.table, self.report = job.settings, job.table, job.report
         self.buffer: list[Chunk] = []
         self.doc_ids: list[str] = []
         self.batches = 0
 
-    def write(self, pending: Sequence[Document], batch_docs: int) -> None:
+    def write(self, pending: Sequence[Document]) -> None:
         meter = _Meter(
             f"ingest {self.report.site}/{self.report.collection}",
             len(pending),
             self.settings.ingest_log_every_chunks,
-            terminal=self.progress,
+            terminal=self.job.progress,
         )
         try:
             with RowSpill.staged(self.settings.data_dir / "tmp", self.table.schema) as spill:
                 for doc in pending:
-                    for chunk in iter_chunks(
+                    for chunk in chunk_document(
+                        self.settings,
                         doc,
                         site=self.report.site,
                         collection=self.report.collection,
-                        tokenizer=self.embedder,
-                        chunk_tokens=self.settings.chunk_tokens,
-                        overlap=self.settings.chunk_overlap,
-                        max_input_tokens=self.embedder.max_tokens,
-                        fingerprint=self.fingerprint,
+                        embedder=self.job.embedder,
+                        fingerprint=self.job.fingerprint,
                     ):
                         self.buffer.append(chunk)
                         if len(self.buffer) >= self.settings.embed_batch_size:
                             meter.chunks(self._embed(spill))
                     self.doc_ids.append(doc.id)
                     meter.document()
-                    if len(self.doc_ids) >= batch_docs or spill.rows + len(self.buffer) >= COMMIT_ROWS:
+                    full = spill.rows + len(self.buffer) >= COMMIT_ROWS
+                    if len(self.doc_ids) >= self.job.batch_docs or full:
                         meter.chunks(self._embed(spill))
                         self._commit(spill)
                 meter.chunks(self._embed(spill))
@@ -157,23 +199,22 @@ class StreamWriter:
         if not self.buffer:
             return 0
         chunks, self.buffer = self.buffer, []
-        texts = [embedding_text(c) for c in chunks]
-        vectors = self.embedder.embed_documents(texts)
-        spill.write(chunks_to_table(chunks, texts, vectors, self.table.schema))
+        spill.write(embed_rows(self.job.embedder, chunks, self.table.schema))
         return len(chunks)
 
     def _commit(self, spill: RowSpill) -> None:
         if not self.doc_ids:
             return
-        all_new = not any(doc_id in self.stored_ids for doc_id in self.doc_ids)
-        self.store.replace_documents(self.table, spill.reader(), self.doc_ids, all_new=all_new)
+        # A commit of documents the table does not hold is an append, not a merge.
+        all_new = not any(doc_id in self.job.existing for doc_id in self.doc_ids)
+        self.job.store.replace_documents(self.table, spill.reader(), self.doc_ids, all_new=all_new)
         release_freed_memory()  # what the commit's threads freed, before the next batch is embedded
         self.report.chunks_written += spill.rows
         spill.reset()
         self.doc_ids = []
         self.batches += 1
-        if self.on_batch:
-            self.on_batch(self.batches)
+        if self.job.on_batch:
+            self.job.on_batch(self.batches)
 
 
 class _Meter:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from rag_app.core.errors import InputError, ServiceUnavailableError
+from rag_app.core.settings import Settings
 
 log = logging.getLogger("rag_app.models.remote")
 
@@ -74,6 +75,36 @@ def endpoint_url(base_url: str, path: str) -> str:
     """``base_url`` + ``path``; a base that already ends with ``path`` (the full endpoint) is kept."""
     base = base_url.rstrip("/")
     return base if base.endswith(path) else base + path
+
+
+def values_by_index(
+    items: Any, n: int, key: str, check: Callable[[Any, int], T], *, counted: tuple[str, str]
+) -> list[T]:
+    """The ``key`` values of an answer's ``[{index, <key>}, ...]`` items in input order 0..n-1, each
+    passed through ``check(value, index)``, which converts it or raises ``ValueError`` saying what is
+    wrong with it.
+
+    Batched model APIs (OpenAI embeddings, Cohere and TEI rerank) answer one item per input, tagged
+    with its position, in any order. An answer that miscounts, repeats a position or names one out of
+    range is refused (``TypeError``/``ValueError`` saying which), never guessed at: its vectors or
+    scores would land on the wrong texts. ``counted`` names what the count message counts, e.g.
+    ``("scores", "documents")`` for "4 scores for 5 documents".
+    """
+    if not isinstance(items, list):
+        raise TypeError(f"expected a list of {{index, {key}}} objects, got {type(items).__name__}")
+    if len(items) != n:
+        raise ValueError(f"{len(items)} {counted[0]} for {n} {counted[1]}")
+    values: list[Any] = [None] * n
+    seen = [False] * n
+    for item in items:
+        index = item["index"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"index {index!r} is not a position 0..{n - 1} of the {n} {counted[1]}")
+        if seen[index]:
+            raise ValueError(f"index {index} appears twice")
+        seen[index] = True
+        values[index] = check(item[key], index)
+    return values  # n distinct in-range indexes: every position filled
 
 
 class CircuitBreaker:
@@ -146,6 +177,31 @@ class RemoteHttpClient:
     ``what`` names the server in messages ("reranker server"); ``url_setting``/``key_setting`` name the
     settings a user fixes (``RAG_RERANKER_URL``, ``RAG_RERANKER_API_KEY``).
     """
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        url: str,
+        *,
+        api_key: str | None,
+        what: str,
+        url_setting: str,
+        key_setting: str,
+    ) -> RemoteHttpClient:
+        """A client for the server at ``url`` with the ``RAG_REMOTE_*`` settings (timeout, retries,
+        circuit breaker), which every remote model (reranker, embedder) shares."""
+        return cls(
+            url,
+            what=what,
+            url_setting=url_setting,
+            key_setting=key_setting,
+            api_key=api_key,
+            timeout_s=settings.remote_timeout_s,
+            retries=settings.remote_retries,
+            circuit_failures=settings.remote_circuit_failures,
+            circuit_reset_s=settings.remote_circuit_reset_s,
+        )
 
     def __init__(
         self,

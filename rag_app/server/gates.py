@@ -15,12 +15,13 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import dspy
 import numpy as np
 
+from rag_app.answering.traced_lm import DelegatingLM
 from rag_app.core.types import Passage
 from rag_app.models.embeddings.base import Embedder
 from rag_app.models.rerank.base import Reranker
@@ -126,39 +127,16 @@ class GatedReranker:
         return self.inner.describe()
 
 
-class GatedLM(dspy.BaseLM):
-    """A DSPy LM whose calls hold the ``lm`` gate; everything else is the wrapped LM's.
-
-    Delegates the whole call (``__call__``/``acall``) so the wrapped LM keeps its own cache, retries,
-    history and streaming; DSPy reads ``model`` and ``kwargs`` from this object, which mirrors them.
-    """
+class GatedLM(DelegatingLM):
+    """A DSPy LM whose calls hold the ``lm`` gate; everything else is the wrapped LM's (whole calls
+    delegated, as :class:`~rag_app.answering.traced_lm.DelegatingLM` says)."""
 
     def __init__(self, inner: Any, gate: StageGate) -> None:
-        super().__init__(
-            model=inner.model,
-            model_type=getattr(inner, "model_type", "chat"),
-            cache=getattr(inner, "cache", True),
-            num_retries=getattr(inner, "num_retries", 0),
-        )
-        self.kwargs = inner.kwargs
-        self.inner = inner
+        super().__init__(inner)
         self.gate = gate
 
-    def __call__(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
-        with in_stage(self.gate):
-            return self.inner(prompt, messages=messages, **kwargs)
-
-    async def acall(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
-        with in_stage(self.gate):
-            return await self.inner.acall(prompt, messages=messages, **kwargs)
-
-    def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
-        with in_stage(self.gate):
-            return self.inner.forward(prompt=prompt, messages=messages, **kwargs)
-
-    async def aforward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
-        with in_stage(self.gate):
-            return await self.inner.aforward(prompt=prompt, messages=messages, **kwargs)
+    def around(self) -> AbstractContextManager[None]:
+        return in_stage(self.gate)
 
 
 def stage_wrappers(gates: dict[str, StageGate]) -> StageWrappers:

@@ -35,7 +35,6 @@ from typing import Any
 from rag_app.core.errors import InputError, LoaderError
 from rag_app.core.settings import Settings
 from rag_app.core.types import Document
-from rag_app.ingest.chunking import document_hash, has_text
 from rag_app.ingest.engines.ray_commit import FragmentCommitter
 from rag_app.ingest.engines.ray_plan import PendingFile, Scan, plan_files, read_scan
 from rag_app.ingest.engines.ray_session import ray_session
@@ -45,12 +44,10 @@ from rag_app.ingest.loaders import expand_paths as expand_path
 from rag_app.ingest.pipeline import (
     DEFAULT_BATCH_DOCS,
     IngestReport,
-    check_document_size,
+    WriteJob,
     chunk_fingerprint,
-    count_document,
-    finish_ingest,
-    open_collection,
-    plan_prune,
+    ingest_documents,
+    locked_ingest,
 )
 from rag_app.models.embeddings import Embedder, load_embedder
 from rag_app.store.vector_store import VectorStore
@@ -92,27 +89,21 @@ def ray_ingest_paths(
     with ray_session(settings, progress=progress) as ray:
         scan = _scan(ray, files, options | {"fingerprint": fingerprint})
         report.skipped = scan.skipped
-        with store.writer(site, collection):
-            table = open_collection(store, site, collection, embedder, dry_run=dry_run)
-            existing = store.doc_hashes(table) if table is not None else {}
-            pending = plan_files(scan, files, existing, report)
-            if prune:
-                present = {d.doc_id for d in scan.documents if d.doc_hash is not None}
-                plan_prune(settings, report, existing, present, force=force)
-            if dry_run or table is None:
-                report.seconds = time.perf_counter() - start
-                return report
-            written: list[str] = []
-            if pending:
-                items = [piece.item() for piece in _split(pending, settings.ray_embed_actors, batch_docs)]
-                documents = ray.data.from_items(items).map_batches(
-                    load_pending, batch_size=1, batch_format="pyarrow", fn_kwargs=options
-                )
-                total = sum(len(p.doc_ids) for p in pending)
-                written = _embed_and_commit(
-                    ray, documents, settings, store, table, report, embedder, fingerprint, total, batch_docs
-                )
-            finish_ingest(store, table, report, written)
+        locked_ingest(
+            settings,
+            store,
+            embedder,
+            report,
+            plan=lambda existing: (
+                plan_files(scan, files, existing, report),
+                {d.doc_id for d in scan.documents if d.doc_hash is not None},
+            ),
+            write=lambda job, pending: _write_files(ray, job, pending, options),
+            prune=prune,
+            force=force,
+            progress=progress,
+            batch_docs=batch_docs,
+        )
     report.seconds = time.perf_counter() - start
     return report
 
@@ -134,51 +125,34 @@ def ray_ingest_documents(
     keep_ids: Collection[str] = (),
 ) -> IngestReport:
     """:func:`rag_app.ingest.pipeline.ingest_documents` on Ray: documents already loaded (a source's
-    items, an upload) are diffed here and only the pending ones shipped to the embedding actors."""
-    start = time.perf_counter()
-    store = store or VectorStore(settings)
-    store.check_site(site, collection)
-    for doc in documents:
-        check_document_size(doc, settings.max_document_bytes)
-    embedder = embedder or load_embedder(settings)
-    fingerprint = chunk_fingerprint(settings, embedder)
-    report = IngestReport(site, collection, dry_run=dry_run)
-    with store.writer(site, collection):
-        table = open_collection(store, site, collection, embedder, dry_run=dry_run)
-        existing = store.doc_hashes(table) if table is not None else {}
-        pending = [
-            (doc, doc.id in existing)
-            for doc in documents
-            if count_document(
-                report, existing, doc.id, document_hash(doc, fingerprint) if has_text(doc) else None
-            )
-        ]
-        if prune:
-            present = {d.id for d in documents if has_text(d)} | set(keep_ids)
-            plan_prune(settings, report, existing, present, force=force)
-        if dry_run or table is None:
-            report.seconds = time.perf_counter() - start
-            return report
-        written: list[str] = []
-        if pending:
-            with ray_session(settings, progress=progress) as ray:
-                rows = ray.data.from_items(document_rows(pending))
-                written = _embed_and_commit(
-                    ray,
-                    rows,
-                    settings,
-                    store,
-                    table,
-                    report,
-                    embedder,
-                    fingerprint,
-                    len(pending),
-                    batch_docs,
-                    on_batch,
-                )
-        finish_ingest(store, table, report, written)
-    report.seconds = time.perf_counter() - start
-    return report
+    items, an upload) are diffed, pruned and finished by ``ingest_documents`` itself; only the write
+    step differs (:func:`write_documents`: the pending ones shipped to the embedding actors)."""
+    return ingest_documents(
+        settings,
+        site,
+        collection,
+        documents,
+        prune=prune,
+        force=force,
+        dry_run=dry_run,
+        progress=progress,
+        batch_docs=batch_docs,
+        store=store,
+        embedder=embedder,
+        on_batch=on_batch,
+        keep_ids=keep_ids,
+        write=write_documents,
+    )
+
+
+def write_documents(job: WriteJob, pending: Sequence[Document]) -> list[str]:
+    """The Ray write step of documents already in memory: each pending one (with whether it replaces an
+    older version) pickled into the embedding actors' input; no Ray session when nothing is pending."""
+    if not pending:
+        return []
+    with ray_session(job.settings, progress=job.progress) as ray:
+        rows = ray.data.from_items(document_rows([(doc, doc.id in job.existing) for doc in pending]))
+        return _embed_and_commit(ray, rows, job, len(pending))
 
 
 def list_files(paths: Sequence[Path | str], *, remote: bool) -> list[tuple[Path, Path]]:
@@ -229,45 +203,48 @@ def _split(pending: Sequence[PendingFile], actors: int, batch_docs: int) -> list
     return pieces
 
 
-def _embed_and_commit(
-    ray: ModuleType,
-    documents: Any,
-    settings: Settings,
-    store: VectorStore,
-    table: Any,
-    report: IngestReport,
-    embedder: Embedder,
-    fingerprint: str,
-    total: int,
-    batch_docs: int,
-    on_batch: Callable[[int], None] | None = None,
+def _write_files(
+    ray: ModuleType, job: WriteJob, pending: Sequence[PendingFile], options: dict[str, Any]
 ) -> list[str]:
+    """The Ray write step of files: the pending documents loaded again on the workers (a large file in
+    several pieces), then embedded and committed; the ids written."""
+    if not pending:
+        return []
+    items = [piece.item() for piece in _split(pending, job.settings.ray_embed_actors, job.batch_docs)]
+    documents = ray.data.from_items(items).map_batches(
+        load_pending, batch_size=1, batch_format="pyarrow", fn_kwargs=options
+    )
+    return _embed_and_commit(ray, documents, job, sum(len(p.doc_ids) for p in pending))
+
+
+def _embed_and_commit(ray: ModuleType, documents: Any, job: WriteJob, total: int) -> list[str]:
     """Run ``documents`` (a dataset of :data:`~.ray_stages.DOC_SCHEMA` rows) through the embedding
     actors and commit their results; returns the ids written."""
+    settings, table, embedder = job.settings, job.table, job.embedder
     results = documents.map_batches(
         EmbedActor,
-        batch_size=batch_docs,
+        batch_size=job.batch_docs,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=settings.ray_embed_actors),
         num_gpus=settings.ray_embed_gpus or None,
         fn_constructor_kwargs={
             "settings": settings,
-            "site": report.site,
-            "collection": report.collection,
+            "site": job.report.site,
+            "collection": job.report.collection,
             "identity": (embedder.model_id, embedder.dimension, embedder.max_tokens),
-            "fingerprint": fingerprint,
+            "fingerprint": job.fingerprint,
             "table_uri": table.uri,
             "schema": table.schema,
         },
     )
     committer = FragmentCommitter(
-        store,
+        job.store,
         table,
-        report,
+        job.report,
         every=settings.ray_commit_documents,
         storage_options=dict(settings.storage_options) or None,
         total=total,
-        on_batch=on_batch,
+        on_batch=job.on_batch,
     )
     for result in _iter_rows(results):
         committer.add(result)

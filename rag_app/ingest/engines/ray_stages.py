@@ -84,6 +84,28 @@ def raise_worker_error(error_type: str, message: str) -> None:
     raise _ERRORS.get(error_type, RagError)(message)
 
 
+def _parse(
+    path: str,
+    root: str,
+    *,
+    on_error: OnError,
+    csv_columns: dict[str, str] | None,
+    max_bytes: int,
+    errors: list[LoaderError],
+) -> list[Document]:
+    """``path``'s documents as the local loader reads them (ids relative to ``root``). The scan and the
+    load stage parse a file through this one call, so a document's position in the scan is its
+    position when it is loaded again for embedding."""
+    return load_file(
+        Path(path),
+        root=Path(root),
+        on_error=on_error,
+        csv_columns=csv_columns,
+        errors=errors,
+        max_bytes=max_bytes,
+    )
+
+
 def _table(schema: pa.Schema, rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=schema)
 
@@ -109,13 +131,8 @@ def scan_files(
         errors: list[LoaderError] = []
         base = {"file_index": file_index, "path": path, "doc_id": "", "doc_hash": "", "line": -1}
         try:
-            docs = load_file(
-                Path(path),
-                root=Path(root),
-                on_error=on_error,
-                csv_columns=csv_columns,
-                errors=errors,
-                max_bytes=max_bytes,
+            docs = _parse(
+                path, root, on_error=on_error, csv_columns=csv_columns, max_bytes=max_bytes, errors=errors
             )
         except LoaderError as err:  # on_error="stop": the first bad record of the file
             errors, docs = [err], []
@@ -145,13 +162,8 @@ def load_pending(
     for item in batch.to_pylist():
         path, root = item["path"], item["root"]
         try:
-            docs = load_file(
-                Path(path),
-                root=Path(root),
-                on_error=on_error,
-                csv_columns=csv_columns,
-                errors=[],
-                max_bytes=max_bytes,
+            docs = _parse(
+                path, root, on_error=on_error, csv_columns=csv_columns, max_bytes=max_bytes, errors=[]
             )
         except LoaderError as err:
             out.append(

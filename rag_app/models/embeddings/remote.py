@@ -42,7 +42,7 @@ from rag_app.core.errors import EmbedderMismatchError, InputError, ModelNotAvail
 from rag_app.core.settings import Settings
 from rag_app.models.embeddings.base import HFTokenizerSpans, normalise_rows, task_prefixes
 from rag_app.models.files import bundled_minilm_dir, resolve_model
-from rag_app.models.remote_http import RemoteHttpClient
+from rag_app.models.remote_http import RemoteHttpClient, values_by_index
 
 log = logging.getLogger("rag_app.models.embeddings")
 
@@ -56,22 +56,8 @@ def parse_embeddings(n: int) -> Callable[[Any], tuple[np.ndarray, str | None]]:
     ``model`` it reports or None); ``ValueError`` saying what is wrong otherwise."""
 
     def parse(data: Any) -> tuple[np.ndarray, str | None]:
-        items = data["data"]
-        if not isinstance(items, list):
-            raise TypeError(f"'data' is a {type(items).__name__}, expected a list of {{index, embedding}}")
-        if len(items) != n:
-            raise ValueError(f"{len(items)} embeddings for {n} inputs")
-        rows: list[list[float] | None] = [None] * n
-        for item in items:
-            index, vector = item["index"], item["embedding"]
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
-                raise ValueError(f"index {index!r} is not an input position 0..{n - 1}")
-            if rows[index] is not None:
-                raise ValueError(f"index {index} appears twice")
-            if not isinstance(vector, list) or not vector:
-                raise ValueError(f"embedding of index {index} is not a list of numbers (base64 is not asked)")
-            rows[index] = vector
-        width = {len(row) for row in rows if row is not None}
+        rows = values_by_index(data["data"], n, "embedding", _number_list, counted=("embeddings", "inputs"))
+        width = {len(row) for row in rows}
         if len(width) != 1:
             raise ValueError(f"embeddings of different lengths in one answer: {sorted(width)}")
         out = np.asarray(rows, dtype=np.float32)
@@ -81,6 +67,13 @@ def parse_embeddings(n: int) -> Callable[[Any], tuple[np.ndarray, str | None]]:
         return out, model if isinstance(model, str) and model else None
 
     return parse
+
+
+def _number_list(vector: Any, index: int) -> list[float]:
+    """The check of one vector of an embeddings answer (:func:`values_by_index`): a non-empty list."""
+    if not isinstance(vector, list) or not vector:
+        raise ValueError(f"embedding of index {index} is not a list of numbers (base64 is not asked)")
+    return vector
 
 
 def _local_tokenizer(model: str, revision: str | None, cache_dir: Path | None) -> tuple[Any, int, str]:
@@ -110,33 +103,17 @@ class RemoteEmbedder(HFTokenizerSpans):
     def __init__(
         self,
         model: str,
+        client: RemoteHttpClient,
         *,
-        url: str,
-        api_key: str | None = None,
-        timeout_s: float = 10.0,
-        retries: int = 2,
         batch_size: int = 64,
-        circuit_failures: int = 5,
-        circuit_reset_s: float = 30.0,
         revision: str | None = None,
         cache_dir: Path | None = None,
-        client: RemoteHttpClient | None = None,
     ) -> None:
         self.model = model
         self.model_id = model
         self.batch_size = max(1, int(batch_size))
         self.query_prefix, self.doc_prefix = task_prefixes(model)
-        self.client = client or RemoteHttpClient(
-            url,
-            what="embedding server",
-            url_setting="RAG_EMBEDDER_URL",
-            key_setting="RAG_EMBEDDER_API_KEY",
-            api_key=api_key,
-            timeout_s=timeout_s,
-            retries=retries,
-            circuit_failures=circuit_failures,
-            circuit_reset_s=circuit_reset_s,
-        )
+        self.client = client
         self.url = self.client.shown_url
         self.tokenizer, self.max_tokens, self.tokenizer_source = _local_tokenizer(model, revision, cache_dir)
         log.info("remote embedder %s at %s; tokens counted with %s", model, self.url, self.tokenizer_source)
@@ -156,15 +133,18 @@ class RemoteEmbedder(HFTokenizerSpans):
                 "BAAI/bge-small-en-v1.5): it is sent with every request, checked against the server's "
                 "answer, and recorded in each table so vectors of another model are never mixed in"
             )
+        client = RemoteHttpClient.from_settings(
+            settings,
+            settings.embedder_url,
+            api_key=settings.embedder_api_key,
+            what="embedding server",
+            url_setting="RAG_EMBEDDER_URL",
+            key_setting="RAG_EMBEDDER_API_KEY",
+        )
         return cls(
             settings.embedder_model,
-            url=settings.embedder_url,
-            api_key=settings.embedder_api_key,
-            timeout_s=settings.remote_timeout_s,
-            retries=settings.remote_retries,
+            client,
             batch_size=settings.remote_batch_size,
-            circuit_failures=settings.remote_circuit_failures,
-            circuit_reset_s=settings.remote_circuit_reset_s,
             revision=settings.embedder_revision,
             cache_dir=settings.hf_cache_dir,
         )

@@ -51,7 +51,7 @@ import numpy as np
 from rag_app.core.errors import InputError
 from rag_app.core.settings import Settings
 from rag_app.core.types import Passage
-from rag_app.models.remote_http import RemoteHttpClient, RemoteServerError
+from rag_app.models.remote_http import RemoteHttpClient, RemoteServerError, values_by_index
 from rag_app.models.rerank.base import LOGGER_NAME, check_top_n
 from rag_app.models.rerank.cache import ScoreCache
 from rag_app.models.rerank.fallback import retrieval_order
@@ -72,24 +72,21 @@ def logit_from_relevance(relevance: Any) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def _finite_score(key: str) -> Callable[[Any, int], float]:
+    """The check of one score of a rerank answer (:func:`values_by_index`): a finite number."""
+
+    def check(score: Any, index: int) -> float:
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise ValueError(f"{key} {score!r} of index {index} is not a finite number")
+        return float(score)
+
+    return check
+
+
 def _scores_by_index(items: Any, n: int, score_key: str) -> list[float]:
     """``[{index, <score_key>}]`` -> one finite score per index 0..n-1; ``ValueError`` saying what is
     wrong otherwise (count, index range, a repeated index, a non-finite score)."""
-    if not isinstance(items, list):
-        raise TypeError(f"expected a list of {{index, {score_key}}} objects, got {type(items).__name__}")
-    if len(items) != n:
-        raise ValueError(f"{len(items)} scores for {n} documents")
-    scores: list[float | None] = [None] * n
-    for item in items:
-        index, score = item["index"], item[score_key]
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
-            raise ValueError(f"index {index!r} is not a document position 0..{n - 1}")
-        if scores[index] is not None:
-            raise ValueError(f"index {index} appears twice")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise ValueError(f"{score_key} {score!r} of index {index} is not a finite number")
-        scores[index] = float(score)
-    return [s for s in scores if s is not None]
+    return values_by_index(items, n, score_key, _finite_score(score_key), counted=("scores", "documents"))
 
 
 def parse_cohere(n: int) -> Callable[[Any], np.ndarray]:
@@ -130,20 +127,14 @@ class RemoteReranker:
 
     def __init__(
         self,
-        url: str,
+        client: RemoteHttpClient,
         *,
         api: str = "cohere",
         model: str = "",
-        api_key: str | None = None,
-        timeout_s: float = 10.0,
-        retries: int = 2,
         batch_size: int = 64,
-        circuit_failures: int = 5,
-        circuit_reset_s: float = 30.0,
         on_missing: str = "fail",
         cache: ScoreCache | None = None,
         cache_size: int = 8192,
-        client: RemoteHttpClient | None = None,
     ) -> None:
         if api not in PATHS:
             raise InputError(f"unknown reranker_api {api!r}; use one of {', '.join(PATHS)}")
@@ -151,17 +142,7 @@ class RemoteReranker:
         self.model_id = model
         self.batch_size = max(1, int(batch_size))
         self.on_missing = on_missing
-        self.client = client or RemoteHttpClient(
-            url,
-            what="reranker server",
-            url_setting="RAG_RERANKER_URL",
-            key_setting="RAG_RERANKER_API_KEY",
-            api_key=api_key,
-            timeout_s=timeout_s,
-            retries=retries,
-            circuit_failures=circuit_failures,
-            circuit_reset_s=circuit_reset_s,
-        )
+        self.client = client
         self.url = self.client.shown_url
         self._cache = cache if cache is not None else ScoreCache(cache_size)
         self._lock = threading.Lock()
@@ -177,16 +158,19 @@ class RemoteReranker:
                 "reranker_backend=remote needs the server's base URL: set RAG_RERANKER_URL "
                 "(e.g. http://127.0.0.1:8080 for TEI or another rag-app)"
             )
-        return cls(
+        client = RemoteHttpClient.from_settings(
+            settings,
             settings.reranker_url,
+            api_key=settings.reranker_api_key,
+            what="reranker server",
+            url_setting="RAG_RERANKER_URL",
+            key_setting="RAG_RERANKER_API_KEY",
+        )
+        return cls(
+            client,
             api=settings.reranker_api,
             model=settings.reranker_model,
-            api_key=settings.reranker_api_key,
-            timeout_s=settings.remote_timeout_s,
-            retries=settings.remote_retries,
             batch_size=settings.remote_batch_size,
-            circuit_failures=settings.remote_circuit_failures,
-            circuit_reset_s=settings.remote_circuit_reset_s,
             on_missing=settings.reranker_on_missing,
             cache=cache,
             cache_size=settings.rerank_cache_size,
