@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     programs_dir: Path = Field(Path("programs"), description="Per-site DSPy programs and their saved states.")
     db_uri: str | None = Field(
         None,
+        repr=False,
         description="The LanceDB database: a local path or an s3://, gs://, az:// URI (replicas share one). "
         "Unset: <data_dir>/lancedb.",
     )
@@ -193,6 +194,7 @@ class Settings(BaseSettings):
     )
     embedder_url: str | None = Field(
         None,
+        repr=False,
         description="Base URL of an OpenAI-compatible embeddings server (POST /v1/embeddings: TEI, vLLM, "
         "Infinity) for embedder_backend='remote'.",
     )
@@ -271,6 +273,7 @@ class Settings(BaseSettings):
     rerank_cache_size: int = Field(8192, ge=0, description="Score-cache entries kept in memory (0 = off).")
     reranker_url: str | None = Field(
         None,
+        repr=False,
         description="Base URL of a rerank server for reranker_backend='remote' (TEI, Infinity, vLLM, "
         "Cohere, or another rag-app).",
     )
@@ -280,7 +283,11 @@ class Settings(BaseSettings):
     reranker_api_key: str | None = Field(None, repr=False, description="Bearer token for reranker_url.")
 
     # --- remote model servers (reranker_backend / embedder_backend = 'remote') ---------------------
-    remote_timeout_s: float = Field(10.0, gt=0, description="Per request to a remote model server.")
+    remote_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Per request to a remote model server; all attempts must fit in request_deadline_s.",
+    )
     remote_retries: int = Field(
         2, ge=0, le=10, description="Retries (with backoff) on timeouts, connection errors, 5xx and 429."
     )
@@ -419,6 +426,32 @@ class Settings(BaseSettings):
                     f"source {spec.kind} {spec.location!r} names {spec.site}/{spec.collection}, which is not "
                     "a configured site/collection"
                 )
+        return value
+
+    @field_validator("maintain_retention_s")
+    @classmethod
+    def _retention_covers_readers(cls, value: float, info: Any) -> float:
+        """Versions a replica may still be reading must outlive its consistency interval."""
+        interval = info.data.get("read_consistency_s", 0.0)
+        if value < interval:
+            raise ValueError(
+                f"maintain_retention_s ({value}) must not be below read_consistency_s ({interval}): a "
+                "replica may read a version that old, and removing it fails its queries"
+            )
+        return value
+
+    @field_validator("request_deadline_s")
+    @classmethod
+    def _remote_budget_fits_the_deadline(cls, value: float, info: Any) -> float:
+        """A remote model server that hangs must exhaust its retries before the request's deadline, so the
+        request gets the reranker's fallback (or a clear 503), not a 504 after the work was abandoned."""
+        remote = "remote" in (info.data.get("reranker_backend"), info.data.get("embedder_backend"))
+        timeout, retries = info.data.get("remote_timeout_s", 5.0), info.data.get("remote_retries", 2)
+        if remote and timeout * (retries + 1) >= value:
+            raise ValueError(
+                f"remote_timeout_s ({timeout}) x {retries + 1} attempts (remote_retries + 1) must stay below "
+                f"request_deadline_s ({value}); lower RAG_REMOTE_TIMEOUT_S or RAG_REMOTE_RETRIES"
+            )
         return value
 
     @field_validator("chunk_overlap")
