@@ -137,6 +137,28 @@ class Runtime:
         self._site_paths: dict[tuple[str, str], str | None] = {}
         #: model path -> the loaded (wrapped) fine-tuned model, shared by every site that activates it.
         self._site_models: dict[str, Any] = {}
+        #: What this runtime built itself (not what it was handed), released by :meth:`close`.
+        self._owned: list[Any] = []
+        self._owns_tracing = tracing is None
+
+    def _own(self, model: Any) -> Any:
+        """Remember a model this runtime built, so :meth:`close` can release it (a remote model's HTTP
+        connection pool); returns it."""
+        self._owned.append(model)
+        return model
+
+    def close(self) -> None:
+        """Release what this runtime built: remote models' connections and, when built from settings,
+        the trace exporter (flushed first). Models and tracing handed in are the caller's to close."""
+        with self._lock:
+            owned, self._owned = self._owned, []
+            tracing = self._tracing if self._owns_tracing else None
+        for model in owned:
+            close = getattr(model, "close", None)
+            if callable(close):
+                close()
+        if tracing is not None:
+            tracing.shutdown()
 
     @property
     def tracing(self) -> Tracing:
@@ -152,7 +174,7 @@ class Runtime:
         """The embedder (loaded on first use)."""
         with self._lock:
             if self._embedder is None:
-                self._embedder = self.wrappers.embedder(load_embedder(self.settings))
+                self._embedder = self.wrappers.embedder(self._own(load_embedder(self.settings)))
             return self._embedder
 
     @property
@@ -161,7 +183,7 @@ class Runtime:
         ``reranker_on_missing="fallback"``)."""
         with self._lock:
             if self._reranker is None:
-                self._reranker = self.wrappers.reranker(load_reranker(self.settings))
+                self._reranker = self.wrappers.reranker(self._own(load_reranker(self.settings)))
             return self._reranker
 
     @property
@@ -190,7 +212,7 @@ class Runtime:
                             else self.settings.reranker_backend,
                         }
                     )
-                    self._site_models[path] = self.wrappers.reranker(load_reranker(settings))
+                    self._site_models[path] = self.wrappers.reranker(self._own(load_reranker(settings)))
                 else:
                     settings = self.settings.model_copy(
                         update={
@@ -199,7 +221,7 @@ class Runtime:
                             "embedder_revision": None,
                         }
                     )
-                    self._site_models[path] = self.wrappers.embedder(load_embedder(settings))
+                    self._site_models[path] = self.wrappers.embedder(self._own(load_embedder(settings)))
             return self._site_models[path]
 
     def reranker_for(self, site: str) -> Reranker:

@@ -90,8 +90,8 @@ def create_app(
             async with mcp.running():
                 yield
         finally:
-            state.close()
             await asyncio.to_thread(tracing.flush)
+            await asyncio.to_thread(state.close)
 
     app = FastAPI(
         title="rag_app",

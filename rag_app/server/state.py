@@ -206,4 +206,7 @@ class ServerState:
 
     # ------------------------------------------------------------------------------- shutdown
     def close(self) -> None:
+        """Stop the stage threads, then release what the runtime built (remote models' connections,
+        its trace exporter, flushed first)."""
         self.runner.shutdown()
+        self.runtime.close()
