@@ -18,12 +18,14 @@ rag_app's remote backends speak, backed by REAL models run in process with sente
 
 Test hooks (switchable while it runs): ``mode`` = ``"ok"``, ``"hang"`` (every model request sleeps
 ``hang_s``, past any client timeout, and is then dropped), ``"error"`` (HTTP 500 in TEI's error shape),
-``"wrong_count"`` (one score or embedding too few) or ``"bad_score"`` (a NaN score, and a Cohere
-``relevance_score`` above 1); ``served_model`` (the model name ``/v1/embeddings`` reports: change it for
-a "wrong model" server); ``dimensions`` (cut vectors to that many dimensions, as a truncating option
-would); ``fail_next(n, status, path=None)`` (the next ``n`` model requests, to ``path`` or any, answer
-``status``, then normal service: retries); ``requests`` (every ``(path, body)`` seen) and
-``count(path)``; ``api_key`` (when set, requests without ``Authorization: Bearer <key>`` get 401).
+``"wrong_count"`` (one score or embedding too few), ``"bad_score"`` (a NaN score, and a Cohere
+``relevance_score`` above 1), ``"not_json"`` (HTTP 200 with an HTML page, as a misrouted proxy sends) or
+``"bad_encoding"`` (HTTP 200 declaring ``Content-Encoding: gzip`` over a body that is not gzip);
+``served_model`` (the model name ``/v1/embeddings`` reports: change it for a "wrong model" server);
+``dimensions`` (cut vectors to that many dimensions, as a truncating option would); ``fail_next(n,
+status, path=None)`` (the next ``n`` model requests, to ``path`` or any, answer ``status``, then normal
+service: retries); ``requests`` (every ``(path, body)`` seen) and ``count(path)``; ``api_key`` (when set,
+requests without ``Authorization: Bearer <key>`` get 401).
 
 Standard library HTTP server in a thread; the models load on first use.
 """
@@ -45,15 +47,20 @@ __all__ = ["DEFAULT_SERVED_MODEL", "TeiStandIn"]
 
 #: What TEI reports when it serves sentence-transformers/all-MiniLM-L6-v2 (the bundled model's origin).
 DEFAULT_SERVED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-MODES = ("ok", "hang", "error", "wrong_count", "bad_score")
+MODES = ("ok", "hang", "error", "wrong_count", "bad_score", "not_json", "bad_encoding")
 
 
 class _Reply(Exception):
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    """An answer other than the route's JSON: ``raw`` bytes are sent as they are (``body`` unused)."""
+
+    def __init__(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
         self.headers = headers or {}
+        self.raw = raw
 
 
 def _error(status: int, message: str, error_type: str) -> _Reply:
@@ -178,6 +185,13 @@ class TeiStandIn(LoopbackServer):
             raise _Reply(-1, None)  # drop the connection without an answer
         if mode == "error":
             raise _error(500, "stand-in backend failure", "backend")
+        if mode == "not_json":
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            raise _Reply(200, None, {"Content-Type": "text/html"}, raw=page)
+        if mode == "bad_encoding":
+            raise _Reply(
+                200, None, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, raw=b"[]"
+            )
 
     def _texts(self, value: Any, field: str) -> list[str]:
         if isinstance(value, str):
@@ -251,13 +265,15 @@ def _make_handler(standin: TeiStandIn) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet test output
             pass
 
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
+        def _send(
+            self, status: int, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+        ) -> None:
+            data = json.dumps(body).encode() if raw is None else raw
+            headers = {"Content-Type": "application/json", **(headers or {})}
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
@@ -291,6 +307,6 @@ def _make_handler(standin: TeiStandIn) -> type[BaseHTTPRequestHandler]:
                 if reply.status < 0:
                     self.close_connection = True
                     return
-                self._send(reply.status, reply.body, reply.headers)
+                self._send(reply.status, reply.body, reply.headers, reply.raw)
 
     return Handler

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from rag_app.core.errors import EmbedderMismatchError, LoaderError
+from rag_app.core.errors import EmbedderMismatchError, InputError, LoaderError
 from rag_app.core.settings import Settings
 from rag_app.core.types import Document
-from rag_app.ingest.engines.ray_ingest import ray_ingest_documents, ray_ingest_paths
+from rag_app.ingest.engines.ray_ingest import check_cluster_storage, ray_ingest_documents, ray_ingest_paths
 from rag_app.ingest.engines.ray_session import RayNotInstalledError, ray_session, require_ray
+from rag_app.ingest.engines.ray_stages import DOC_SCHEMA, EmbedActor, document_rows
 from rag_app.ingest.pipeline import IngestReport, ingest_documents, ingest_paths
 from rag_app.models.embeddings import Embedder, load_embedder
 from rag_app.store.vector_store import VectorStore
@@ -299,6 +301,52 @@ def test_actors_refuse_an_embedder_other_than_the_drivers(
         )
     table = VectorStore(settings).open_table(SITE, COLLECTION)
     assert table is not None and table.count_rows() == 0  # nothing committed
+
+
+def test_a_cluster_with_a_local_database_is_refused_before_ray_is_contacted(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """With ``ray_address`` (a cluster) and a database on a local path, actors on other nodes would write
+    fragments to their own disks and the commit would name files the table lacks: refused up front. The
+    address is a dummy: reaching it would fail with ServiceUnavailableError, and a Ray already running in
+    this process would ingest; the InputError and the empty store show neither happened."""
+    settings = offline_settings(tmp_path / "rag", ray_address="ray://ray-head.invalid:10001")
+    runs = [
+        lambda: ray_ingest_paths(settings, SITE, COLLECTION, [corpus], progress=False),
+        lambda: ray_ingest_documents(settings, SITE, COLLECTION, [doc("a", "Alpha.")], progress=False),
+    ]
+    for run in runs:
+        with pytest.raises(InputError) as err:
+            run()
+        message = str(err.value)
+        assert (
+            "RAG_DB_URI" in message and "object storage" in message and str(settings.db_location) in message
+        )
+    assert VectorStore(settings).open_table(SITE, COLLECTION) is None
+    # Object storage is the same place from every node; without an address Ray runs on this machine.
+    check_cluster_storage(settings.model_copy(update={"db_uri": "s3://bucket/rag"}))
+    check_cluster_storage(settings.model_copy(update={"ray_address": None}))
+
+
+def test_an_actor_that_cannot_open_the_table_writes_nothing(embedder: Embedder, tmp_path: Path) -> None:
+    """The actor's own check (in process, no Ray needed): a table URI it cannot open (a local path on
+    another node) comes back as an error row naming the node and the fix, with no fragment written."""
+    settings = offline_settings(tmp_path / "rag")
+    elsewhere = tmp_path / "other-node" / "chunks.lance"
+    actor = EmbedActor(
+        settings,
+        site=SITE,
+        collection=COLLECTION,
+        identity=(embedder.model_id, embedder.dimension, embedder.max_tokens),
+        fingerprint="unused",
+        table_uri=str(elsewhere),
+        schema=pa.schema([("id", pa.string())]),
+    )
+    batch = pa.Table.from_pylist(document_rows([(doc("a", "Alpha."), False)]), schema=DOC_SCHEMA)
+    [result] = actor(batch).to_pylist()
+    assert result["error_type"] == "InputError" and result["fragments"] == []
+    assert f"cannot open the table at {elsewhere}" in result["error"] and "RAG_DB_URI" in result["error"]
+    assert not elsewhere.parent.exists()
 
 
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,12 +3,16 @@
 * rag-app's own ``POST /v1/rerank`` (the Cohere shape), run as a SEPARATE PROCESS (``rag-app serve``)
   with the tiny cross-encoder from ``tiny_models``: the remote ranking must be the in-process one.
 * ``TeiStandIn`` (``tests/tei_standin.py``), a STAND-IN for Hugging Face TEI (which cannot run here)
-  that scores with a real cross-encoder and can hang, fail with 500/503/429, miscount or send bad
-  scores: retries, timeouts, batching, the circuit breaker and ``reranker_on_missing`` are checked on it.
+  that scores with a real cross-encoder and can hang, fail with 500/503/429/413, miscount, send bad
+  scores or an unreadable answer: retries, timeouts, batching, the circuit breaker,
+  ``reranker_on_missing`` and a served ``/v1/rerank`` in front of it are checked on it.
+* ``httpx.MockTransport``, a STAND-IN for what no real server can cause: an exception raised inside the
+  HTTP client itself (a bug), during the circuit's half-open trial.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -25,12 +29,20 @@ import pytest
 from rag_app.core.errors import InputError, ServiceUnavailableError
 from rag_app.core.settings import Settings
 from rag_app.core.types import Passage
-from rag_app.models.remote_http import CircuitOpenError, RemoteResponseError, RemoteServerError
+from rag_app.models.remote_http import (
+    CircuitOpenError,
+    RemoteHttpClient,
+    RemoteRefusedError,
+    RemoteResponseError,
+    RemoteServerError,
+)
 from rag_app.models.rerank import CrossEncoderReranker, RemoteReranker, load_reranker, unavailable_note
 from rag_app.models.rerank.remote import logit_from_relevance
+from rag_app.server.app import create_app
 from rag_app.server.auth import add_key
 from rag_app.server.errors import to_api_error
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, make_test_settings
+from tests.live_server import LiveServer
 from tests.ollama_standin import dead_host
 from tests.tei_standin import TeiStandIn
 
@@ -233,6 +245,141 @@ def test_circuit_opens_fails_fast_and_closes_after_the_reset(tei: TeiStandIn, tm
     assert tei.count("/rerank") == 5 and reranker.client.circuit.state == "closed"
 
 
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("bad_encoding", "cannot be read (DecodingError"), ("not_json", "unexpected shape: JSONDecodeError")],
+)
+def test_an_unreadable_answer_is_a_server_error_that_falls_back(
+    tei: TeiStandIn, tmp_path: Path, mode: str, reason: str
+) -> None:
+    """An answer httpx cannot decode (a gzip header over a plain body) or that is not JSON is the
+    server failing: a RemoteServerError naming the endpoint, not an httpx error escaping the fallback."""
+    tei.mode = mode
+    with pytest.raises(RemoteResponseError) as err:
+        remote(tei.url, tmp_path, remote_retries=2).rerank(QUERY, passages(DOCS))
+    assert reason in str(err.value) and f"{tei.url}/rerank" in str(err.value)
+    assert tei.count("/rerank") == 1  # not retried: it would answer the same way
+    assert to_api_error(err.value).status == 503  # type: ignore[union-attr]
+    reranker = remote(tei.url, tmp_path, reranker_on_missing="fallback")
+    kept = reranker.rerank(QUERY, passages(DOCS))
+    assert order(kept) == DOCS and not any(p.reranked for p in kept)
+    assert reranker.client.circuit.consecutive_failures == 1 and not reranker.available
+    assert reason in (unavailable_note(reranker) or "")
+
+
+def test_an_unexpected_error_in_the_half_open_trial_does_not_wedge_the_circuit() -> None:
+    """Each request is recorded in the circuit, however it ends. The stand-in transport plays a script:
+    a 500 (opens the circuit: one failure is the threshold, and with a reset of 0 s the next call is the
+    half-open trial), an unreadable answer, an exception from inside the client, then real answers."""
+    script: list[Any] = [
+        httpx.Response(500, json={"error": "down", "error_type": "backend"}),
+        httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"[]")),  # not gzip
+        RuntimeError("a bug inside the HTTP stack"),
+    ]
+    asked: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        if script:
+            step = script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+        texts = json.loads(request.content)["texts"]
+        return httpx.Response(200, json=[{"index": i, "score": float(-i)} for i in range(len(texts))])
+
+    client = RemoteHttpClient(
+        "http://reranker.test",
+        what="reranker server",
+        url_setting="RAG_RERANKER_URL",
+        key_setting="RAG_RERANKER_API_KEY",
+        retries=0,
+        circuit_failures=1,
+        circuit_reset_s=0.0,
+        transport=httpx.MockTransport(handler),
+    )
+    reranker = RemoteReranker(client, api="tei", model="scripted", on_missing="fallback", cache_size=0)
+    assert order(reranker.rerank(QUERY, passages(DOCS))) == DOCS  # the 500: retrieval order
+    assert client.circuit.state == "half-open"
+    # The trial gets an answer httpx cannot decode: the fallback covers it, the circuit opens again.
+    assert order(reranker.rerank(QUERY, passages(DOCS))) == DOCS and len(asked) == 2
+    assert "DecodingError" in client.circuit.last_error
+    # The next trial ends in an exception from inside the client: a bug is raised, not hidden...
+    with pytest.raises(RuntimeError, match="a bug inside the HTTP stack"):
+        reranker.rerank(QUERY, passages(DOCS))
+    # ...and recorded as the trial's failure, so it is not left "in flight" for ever: the next call is
+    # the next trial, and it closes the circuit.
+    assert "unexpected RuntimeError" in client.circuit.last_error and client.circuit.state == "half-open"
+    ranked = reranker.rerank(QUERY, passages(DOCS))
+    assert all(p.reranked for p in ranked) and len(asked) == 4
+    assert client.circuit.state == "closed" and reranker.available
+    # A closed client (the runtime shut down mid-request) is a clear RemoteServerError, so the fallback
+    # covers it; no request went out, so the circuit is left as it was.
+    reranker.close()
+    assert order(reranker.rerank(QUERY, passages(DOCS))) == DOCS and len(asked) == 4
+    with pytest.raises(RemoteServerError, match="its client was closed"):
+        reranker.score(QUERY, DOCS)
+    assert client.circuit.state == "closed"
+
+
+def test_a_refusal_leaves_the_reranker_available(tei: TeiStandIn, tmp_path: Path) -> None:
+    """A 4xx is the server up and the request wrong: it falls back (or raises) for that call, but does
+    not open the circuit (even at a threshold of one failure) nor mark the reranker unavailable."""
+    reranker = remote(tei.url, tmp_path, reranker_on_missing="fallback", remote_circuit_failures=1)
+    tei.fail_next(1, 413)
+    kept = reranker.rerank(QUERY, passages(DOCS))
+    assert order(kept) == DOCS and not any(p.reranked for p in kept)
+    assert reranker.available and unavailable_note(reranker) is None
+    assert reranker.client.circuit.state == "closed"
+    tei.fail_next(1, 413)
+    with pytest.raises(RemoteRefusedError, match="HTTP 413"):  # score has no fallback
+        reranker.score(QUERY, DOCS)
+    assert all(p.reranked for p in reranker.rerank(QUERY, passages(DOCS))) and tei.count("/rerank") == 3
+
+
+def test_rerank_route_in_front_of_a_remote_reranker(tei: TeiStandIn, tmp_path: Path) -> None:
+    """``/v1/rerank`` served by a remote reranker asks the server on every request (its circuit, not an
+    earlier failure, decides): a refusal or a single 500 costs that request only, and only an open circuit
+    answers 503 without asking, with a message naming the settings that govern it."""
+    settings = make_test_settings(
+        tmp_path / "rag",
+        sites={"builddaily": ["resources"]},
+        reranker_backend="remote",
+        reranker_url=tei.url,
+        reranker_api="tei",
+        reranker_model="tiny-ce",
+        remote_retries=0,
+        remote_circuit_failures=2,
+        remote_circuit_reset_s=600.0,
+        rerank_cache_size=0,
+    )
+    body = {"query": QUERY, "documents": DOCS}
+    with LiveServer(create_app(settings)) as server, server.client() as http:
+
+        def refused(*needles: str) -> None:
+            r = http.post("/v1/rerank", json=body)
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["code"] == "reranker_unavailable", error
+            for needle in needles:
+                assert needle in error["message"], (needle, error["message"])
+
+        assert http.post("/v1/rerank", json=body).status_code == 200
+        tei.fail_next(1, 413)
+        refused("HTTP 413", "RAG_REMOTE_BATCH_SIZE")
+        assert http.post("/v1/rerank", json=body).status_code == 200
+        tei.fail_next(1, 500)
+        refused("HTTP 500", tei.url, "RAG_RERANKER_URL", "RAG_REMOTE_CIRCUIT_RESET_S")
+        assert http.post("/v1/rerank", json=body).status_code == 200  # asked again at once: it answers
+        tei.mode = "error"
+        refused("HTTP 500")
+        refused("HTTP 500")  # the second consecutive failure opens the circuit
+        asked = tei.count("/rerank")
+        refused("failing fast", "RAG_RERANKER_URL", "RAG_REMOTE_CIRCUIT_RESET_S")
+        assert tei.count("/rerank") == asked  # the open circuit answered, not the server
+        assert asked == 7
+
+
 def test_bearer_auth_and_the_key_never_shows(tei: TeiStandIn, tmp_path: Path) -> None:
     tei.api_key = "right-key-0123456789"
     assert all(
@@ -257,6 +404,8 @@ def test_remote_needs_a_url_and_is_not_a_local_backend(tmp_path: Path, tiny_path
         load_reranker(Settings(data_dir=tmp_path, reranker_backend="remote"))
     with pytest.raises(InputError, match="not an http"):
         load_reranker(Settings(data_dir=tmp_path, reranker_backend="remote", reranker_url="127.0.0.1:8080"))
+    with pytest.raises(InputError, match=r"not a valid URL.*RAG_RERANKER_URL"):
+        load_reranker(Settings(data_dir=tmp_path, reranker_backend="remote", reranker_url="http://tei:80a"))
     with pytest.raises(Exception, match="load_reranker"):
         CrossEncoderReranker(str(tiny_path), revision=None, backend="remote")
 

@@ -13,7 +13,14 @@ Circuit breaker
     the wrong shape) open the circuit: for ``circuit_reset_s`` every call fails at once, without a
     request, so a dead server costs a search nothing instead of ``(retries + 1) x timeout`` each time.
     Then one trial request goes through (half-open): success closes the circuit, failure opens it again.
-    Any answer other than a 5xx/429 proves the server is up, so a 4xx counts as a success here.
+    Any answer other than a 5xx/429 proves the server is up, so a 4xx counts as a success here. Every
+    request's outcome is recorded, an unexpected exception included (a bug, a closed client): a trial
+    that ended in one must not leave the circuit waiting on it for ever.
+
+Errors
+    Every failure of the server or the wire is a :class:`RemoteServerError` (an answer httpx cannot
+    decode, such as a broken ``Content-Encoding``, included), so a caller's fallback covers them all;
+    a 4xx refusal is its subclass :class:`RemoteRefusedError`, which says the server is up.
 
 Secrets
     The API key travels only in the ``Authorization`` header. Messages name the endpoint with any
@@ -57,6 +64,11 @@ class RemoteServerError(ServiceUnavailableError):
 
 class RemoteResponseError(RemoteServerError):
     """The server answered, but not in the shape its API promises (wrong count, bad index, not JSON)."""
+
+
+class RemoteRefusedError(RemoteServerError):
+    """The server answered a 4xx other than 429: it is up, the request or a setting is wrong (a key,
+    the URL, the batch size). The circuit counts it as a success; a retry would fail the same way."""
 
 
 class CircuitOpenError(RemoteServerError):
@@ -171,6 +183,25 @@ class CircuitBreaker:
             return self._failures
 
 
+class _Outcome:
+    """One request's outcome, recorded in the circuit once: the first of ``success``/``failure`` counts,
+    so a generic handler may record a failure after a specific one without counting it twice."""
+
+    def __init__(self, circuit: CircuitBreaker) -> None:
+        self._circuit = circuit
+        self._recorded = False
+
+    def success(self) -> None:
+        if not self._recorded:
+            self._recorded = True
+            self._circuit.success()
+
+    def failure(self, reason: str) -> None:
+        if not self._recorded:
+            self._recorded = True
+            self._circuit.failure(reason)
+
+
 class RemoteHttpClient:
     """POSTs JSON to one model server with the module's timeout, retry, circuit and auth rules.
 
@@ -223,6 +254,13 @@ class RemoteHttpClient:
                 f"{what} URL {display_url(base_url or '')!r} is not an http(s) URL; set {url_setting} to the "
                 "server's base URL, e.g. http://127.0.0.1:8080"
             )
+        try:
+            httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise InputError(
+                f"{what} URL {display_url(base_url)!r} is not a valid URL ({exc}); set {url_setting} to the "
+                "server's base URL, e.g. http://127.0.0.1:8080"
+            ) from exc
         self.base_url = base_url
         self.shown_url = display_url(base_url)
         self.what = what
@@ -282,11 +320,18 @@ class RemoteHttpClient:
 
         ``parse`` checks the answer's shape and raises ``ValueError``/``KeyError``/``TypeError``/
         ``IndexError`` with a message saying what is wrong; that becomes a :class:`RemoteResponseError`
-        (not retried: a server that miscounts once will again). Raises :class:`CircuitOpenError`,
-        :class:`RemoteServerError` (retries exhausted, or a 4xx) otherwise.
+        (not retried: a server that miscounts once will again), as does an answer httpx cannot decode.
+        Raises :class:`CircuitOpenError`, :class:`RemoteRefusedError` (a 4xx) or
+        :class:`RemoteServerError` (retries exhausted) otherwise. Any other exception (a bug) is raised
+        as it is, after the circuit has recorded the attempt as a failure.
         """
         url = endpoint_url(self.base_url, path)
         shown = display_url(url)
+        if self._client.is_closed:
+            raise RemoteServerError(
+                f"{self.what} {shown} cannot be asked: its client was closed (the runtime that owned it "
+                "shut down); build a new one, e.g. restart the process"
+            )
         last = ""
         attempts = 0
         for attempt in range(self.retries + 1):
@@ -294,54 +339,78 @@ class RemoteHttpClient:
             if wait is not None:
                 raise CircuitOpenError(self._circuit_message(shown, wait, last))
             attempts += 1
-            response: httpx.Response | None = None
+            outcome = _Outcome(self.circuit)
             try:
-                response = self._client.post(url, json=body)
-            except httpx.TimeoutException as exc:
-                last = f"no answer within {self.timeout_s:g}s ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                last = self._redact(f"connection failed ({type(exc).__name__}: {exc})")
-            else:
-                status = response.status_code
-                if status < 300:
-                    return self._parsed(response, parse, shown)
-                if status < 500 and status != 429:
-                    self.circuit.success()  # it answered: the server is up, the request is wrong
-                    raise RemoteServerError(
-                        f"{self.what} {shown} refused the request: HTTP {status} {self._snippet(response)}; "
-                        f"{self._refused_hint(response)}"
+                response, last = self._send(url, body, shown, outcome)
+                if response is not None:
+                    status = response.status_code
+                    if status < 300:
+                        return self._parsed(response, parse, shown, outcome)
+                    if status < 500 and status != 429:
+                        message = (
+                            f"{self.what} {shown} refused the request: HTTP {status} "
+                            f"{self._snippet(response)}; {self._refused_hint(response)}"
+                        )
+                        outcome.success()  # it answered: the server is up, the request is wrong
+                        raise RemoteRefusedError(message)
+                    last = f"HTTP {status} {self._snippet(response)}"
+                outcome.failure(last)
+                if attempt < self.retries:
+                    delay = self._delay(attempt, response)
+                    log.warning(
+                        "%s %s attempt %d/%d failed (%s); retrying in %.2fs",
+                        self.what,
+                        shown,
+                        attempt + 1,
+                        self.retries + 1,
+                        last,
+                        delay,
                     )
-                last = f"HTTP {status} {self._snippet(response)}"
-            self.circuit.failure(last)
-            if attempt < self.retries:
-                delay = self._delay(attempt, response)
-                log.warning(
-                    "%s %s attempt %d/%d failed (%s); retrying in %.2fs",
-                    self.what,
-                    shown,
-                    attempt + 1,
-                    self.retries + 1,
-                    last,
-                    delay,
-                )
-                time.sleep(delay)
+                    time.sleep(delay)
+            except BaseException as exc:
+                # Whatever ended the attempt, the circuit hears of it (a no-op when it already has):
+                # a half-open trial that escaped unrecorded would leave every later call failing fast.
+                outcome.failure(self._redact(f"unexpected {type(exc).__name__}: {exc}"))
+                raise
         raise RemoteServerError(
             f"{self.what} {shown} failed after {attempts} attempt{'s' if attempts != 1 else ''}: {last}; "
             f"check that it runs and answers within RAG_REMOTE_TIMEOUT_S={self.timeout_s:g}, or point "
             f"{self.url_setting} at one that does"
         )
 
-    def _parsed(self, response: httpx.Response, parse: Callable[[Any], T], shown: str) -> T:
+    def _send(
+        self, url: str, body: dict[str, Any], shown: str, outcome: _Outcome
+    ) -> tuple[httpx.Response | None, str]:
+        """One POST: ``(response, "")``, or ``(None, reason)`` for a fault worth retrying (a timeout, a
+        connection error); an answer httpx cannot read raises :class:`RemoteResponseError`."""
+        try:
+            return self._client.post(url, json=body), ""
+        except httpx.TimeoutException as exc:
+            return None, f"no answer within {self.timeout_s:g}s ({type(exc).__name__})"
+        except httpx.TransportError as exc:
+            return None, self._redact(f"connection failed ({type(exc).__name__}: {exc})")
+        except httpx.HTTPError as exc:  # DecodingError (a broken Content-Encoding), TooManyRedirects
+            reason = self._redact(f"{type(exc).__name__}: {exc}")
+            outcome.failure(f"unreadable answer ({reason})")
+            raise RemoteResponseError(
+                f"{self.what} {shown} sent an answer that cannot be read ({reason}); check that "
+                f"{self.url_setting} points at the model server itself, not at a proxy that rewrites its "
+                "answers, and the server's log"
+            ) from exc
+
+    def _parsed(
+        self, response: httpx.Response, parse: Callable[[Any], T], shown: str, outcome: _Outcome
+    ) -> T:
         try:
             result = parse(response.json())
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             reason = self._redact(f"{type(exc).__name__}: {exc}")
-            self.circuit.failure(f"bad answer ({reason})")
+            outcome.failure(f"bad answer ({reason})")
             raise RemoteResponseError(
                 f"{self.what} {shown} answered HTTP {response.status_code} in an unexpected shape: {reason}; "
                 "check that the server speaks the configured API"
             ) from exc
-        self.circuit.success()
+        outcome.success()
         return result
 
     def _circuit_message(self, shown: str, wait: float, last: str) -> str:

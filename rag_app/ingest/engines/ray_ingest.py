@@ -18,9 +18,12 @@ a collection written by one is found unchanged by the other), different executio
 
 What a cluster changes: the scan, load and embed stages run on every node (set
 ``RAG_RAY_EMBED_ACTORS`` to the number of model copies the cluster holds), fragments are written in
-parallel to the shared database (``RAG_DB_URI`` on object storage, or a mount every node has), and
-the input paths must be absolute paths every node can read. The commits stay on the driver: they
-are metadata-only and serialised by the collection's writer lock, so they are not the bottleneck.
+parallel to the shared database, and the input paths must be absolute paths every node can read. The
+commits stay on the driver: they are metadata-only and serialised by the collection's writer lock, so
+they are not the bottleneck. The database must be on object storage (``RAG_DB_URI``): with a local
+path, actors on other nodes would write their fragments to their own disks and the driver would commit
+files it does not have, a broken table; so a cluster with a local database is refused before Ray is
+contacted (:func:`check_cluster_storage`), and each actor checks it can open the table before writing.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def ray_ingest_paths(
     ``settings.ray_commit_documents`` documents.
     """
     start = time.perf_counter()
+    check_cluster_storage(settings)
     store = VectorStore(settings)
     store.check_site(site, collection)
     files = list_files(paths, remote=bool(settings.ray_address))
@@ -127,6 +131,7 @@ def ray_ingest_documents(
     """:func:`rag_app.ingest.pipeline.ingest_documents` on Ray: documents already loaded (a source's
     items, an upload) are diffed, pruned and finished by ``ingest_documents`` itself; only the write
     step differs (:func:`write_documents`: the pending ones shipped to the embedding actors)."""
+    check_cluster_storage(settings)
     return ingest_documents(
         settings,
         site,
@@ -143,6 +148,24 @@ def ray_ingest_documents(
         keep_ids=keep_ids,
         write=write_documents,
     )
+
+
+def check_cluster_storage(settings: Settings) -> None:
+    """Refuse a Ray cluster (``ray_address``) with a database on a local path, before Ray is contacted.
+
+    The embedding actors write Lance fragments where the table is, on whichever node they run, and
+    the driver commits them: with a local path, the fragments of actors on other nodes land on those
+    nodes' disks and the commit names files the table does not have, which breaks it for every reader.
+    Object storage is the same place from every node.
+    """
+    if settings.ray_address and not settings.db_is_remote:
+        raise InputError(
+            f"--engine ray on a Ray cluster (RAG_RAY_ADDRESS is set) needs the database on object storage, "
+            f"but it is at {settings.db_location}, a path on this machine: actors on other nodes would "
+            "write their fragments to their own disks and the commit would name files this machine does "
+            "not have. Set RAG_DB_URI to object storage (s3://, gs://, az://, with RAG_STORAGE_OPTIONS) "
+            "reachable from every node, or unset RAG_RAY_ADDRESS to run Ray on this machine"
+        )
 
 
 def write_documents(job: WriteJob, pending: Sequence[Document]) -> list[str]:

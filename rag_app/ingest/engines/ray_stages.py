@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,8 @@ class EmbedActor:
                 )
         except RagError as err:
             self.failure = err
+        if self.failure is None:
+            self.failure = unreadable_table(table_uri, self.storage_options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -314,6 +317,27 @@ class EmbedActor:
                 stream.write_batch(batch)
                 rows += batch.num_rows
         return sink.getvalue().to_pybytes(), rows
+
+
+def unreadable_table(uri: str, storage_options: dict[str, str] | None) -> RagError | None:
+    """``None`` when this worker can open the table at ``uri``, else the error to report.
+
+    An actor writes its fragments next to the table it is given; if it cannot open that table (a local
+    path on another node, storage options this node lacks), its fragments would land where the driver
+    cannot commit them, so it writes nothing and says why instead.
+    """
+    import lance
+
+    try:
+        lance.dataset(uri, storage_options=storage_options)
+    except Exception as exc:  # lance raises ValueError, OSError or its own errors for a table it cannot open
+        reason = " ".join(str(exc).split())[:300]
+        return InputError(
+            f"a Ray embedding actor on node {socket.gethostname()} cannot open the table at {uri} "
+            f"({reason}); every node must reach the database: set RAG_DB_URI to object storage (s3://, "
+            "gs://, az://) and give every node the same RAG_STORAGE_OPTIONS"
+        )
+    return None
 
 
 def _result(

@@ -30,11 +30,15 @@ When the server is down
     Timeouts, connection errors, 5xx and 429 are retried with backoff, then the circuit breaker fails calls
     fast (:mod:`rag_app.models.remote_http`). What a failed call does follows ``reranker_on_missing``:
     ``fail`` raises (a :class:`~rag_app.core.errors.ServiceUnavailableError`: CLI exit 6, HTTP 503);
-    ``fallback`` keeps the retrieval order for that call (passages ``reranked=False``) and, until a call
-    succeeds again, reports :attr:`RemoteReranker.available` ``False`` with the reason in
-    :meth:`~RemoteReranker.describe`, which is what :func:`~rag_app.models.rerank.base.unavailable_note`
-    shows the user. :meth:`~RemoteReranker.score` has no fallback: there is no score to give, so it
-    always raises.
+    ``fallback`` keeps the retrieval order for that call (passages ``reranked=False``). A server that
+    failed (a timeout, a connection error, a 5xx, 429 or unreadable answer) is reported
+    :attr:`RemoteReranker.available` ``False``, with the reason in :meth:`~RemoteReranker.describe`
+    (what :func:`~rag_app.models.rerank.base.unavailable_note` shows the user), until a call gets an
+    answer again or the circuit's reset time (``remote_circuit_reset_s``) has passed, and for as long as
+    the circuit is open; callers keep calling meanwhile (the circuit, not this flag, decides whether a
+    request goes). A 4xx refusal (a wrong key, a batch over the server's limit) proves the server is up:
+    it falls back or raises the same way, is logged, and leaves the reranker available.
+    :meth:`~RemoteReranker.score` has no fallback: there is no score to give, so it always raises.
 """
 
 from __future__ import annotations
@@ -51,7 +55,12 @@ import numpy as np
 from rag_app.core.errors import InputError
 from rag_app.core.settings import Settings
 from rag_app.core.types import Passage
-from rag_app.models.remote_http import RemoteHttpClient, RemoteServerError, values_by_index
+from rag_app.models.remote_http import (
+    RemoteHttpClient,
+    RemoteRefusedError,
+    RemoteServerError,
+    values_by_index,
+)
 from rag_app.models.rerank.base import LOGGER_NAME, check_top_n
 from rag_app.models.rerank.cache import ScoreCache
 from rag_app.models.rerank.fallback import retrieval_order
@@ -179,13 +188,17 @@ class RemoteReranker:
     # -- availability -----------------------------------------------------------------------------
     @property
     def available(self) -> bool:
-        """False from a failed call until a call succeeds, or until the circuit's reset time has passed
-        (so a route that checks it before scoring tries the server again)."""
+        """False while the circuit is open, and from a call the server failed until a call gets an answer
+        or the circuit's reset time has passed. Not a gate: the pipeline and ``/v1/rerank`` call anyway,
+        and the circuit decides whether a request goes."""
+        if self.client.circuit.state == "open":
+            return False
         with self._lock:
             down = self._down
         return down is None or time.monotonic() - down[0] >= self.client.circuit.reset_s
 
     def _mark(self, error: RemoteServerError | None) -> None:
+        """Record a call's outcome: ``None`` (an answer, a 4xx refusal included) or the server's failure."""
         with self._lock:
             was_down, self._down = self._down, (None if error is None else (time.monotonic(), str(error)))
         if error is not None and was_down is None:
@@ -227,6 +240,10 @@ class RemoteReranker:
             logits = cached_scores(
                 passages, self._cache, self._cache_key(query), lambda t: self._predict(query, t)
             )
+        except RemoteRefusedError as exc:
+            self._mark(None)  # it answered: up, but this request or a setting is wrong
+            logger.warning("remote reranker %s refused a request: %s", self.url, exc)
+            raise
         except RemoteServerError as exc:
             self._mark(exc)
             raise

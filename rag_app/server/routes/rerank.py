@@ -12,7 +12,10 @@ admission limit, deadline, metrics and access log as every route. ``relevance_sc
 ``sigmoid(logit)``: it orders one query's documents, it is not a calibrated probability and not
 comparable across models. ``model`` is accepted and not used to choose: the served reranker is named in
 ``meta.model``. Without reranker weights (the fallback reranker) the route answers 503
-``reranker_unavailable`` rather than invent scores. Errors keep the API's own ``{"error": {...}}`` shape.
+``reranker_unavailable`` rather than invent scores. A remote reranker (``reranker_backend=remote``) is
+asked on every request, its circuit breaker deciding whether a request goes (a server that failed a
+moment ago may answer now); when it fails, or its circuit is open, the answer is the same 503 with the
+server's own reason and the settings to check. Errors keep the API's own ``{"error": {...}}`` shape.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rag_app.models.remote_http import RemoteRefusedError, RemoteServerError
 from rag_app.models.rerank.base import relevance_from_logits
 from rag_app.server.errors import ApiError
 from rag_app.server.logging import request_id_var
@@ -139,6 +143,19 @@ def check_lengths(state: ServerState, body: RerankRequest) -> list[str]:
     return texts
 
 
+def remote_failure_message(exc: RemoteServerError) -> str:
+    """What the 503 says when the remote reranker failed: the server's reason (which names the URL and
+    what happened), then the settings that govern it (a refusal already names the one to fix)."""
+    if isinstance(exc, RemoteRefusedError):
+        return f"the remote reranker could not score the documents: {exc}"
+    return (
+        f"the remote reranker could not score the documents: {exc}. Check the server RAG_RERANKER_URL "
+        "names; after RAG_REMOTE_CIRCUIT_FAILURES consecutive failures calls fail fast for "
+        "RAG_REMOTE_CIRCUIT_RESET_S seconds, then resume on their own; /v1/search still answers in "
+        "retrieval order when reranker_on_missing=fallback"
+    )
+
+
 @router.post(
     "/v1/rerank",
     response_model=RerankResponse,
@@ -151,7 +168,8 @@ async def rerank(request: Request, state: State) -> RerankResponse:
     body = await read_body(request, RerankRequest)
     texts = check_lengths(state, body)
     reranker = state.reranker
-    if not reranker.available:
+    remote = reranker.backend == "remote"
+    if not remote and not reranker.available:
         raise ApiError(
             503,
             "reranker_unavailable",
@@ -160,7 +178,12 @@ async def rerank(request: Request, state: State) -> RerankResponse:
         )
     query = body.query
     timings: dict[str, float] = {}
-    logits = await state.runner.run("request", reranker.score, query, texts, timings=timings)
+    try:
+        logits = await state.runner.run("request", reranker.score, query, texts, timings=timings)
+    except RemoteServerError as exc:
+        if not remote:
+            raise
+        raise ApiError(503, "reranker_unavailable", remote_failure_message(exc)) from exc
     rscope = request_scope(request)
     if rscope.overloaded:
         raise rscope.overloaded[0]
