@@ -83,6 +83,7 @@ def test_maintain_compacts_folds_and_keeps_every_row_and_result(
     assert "sagedaily__canon__docs" in done  # the document table is maintained with it
     assert chunks.fragments_before >= 11 and chunks.fragments_after < chunks.fragments_before
     assert chunks.indexes_folded == ["header_idx", "search_text_idx"]  # the 3 appended rows
+    table = fragmented.open_table(SITE, COLLECTION)  # a new hand-out: the maintained version
     assert all((s := table.index_stats(i)) and s.num_unindexed_rows == 0 for i in chunks.indexes_folded)
     assert chunks.versions_removed == 0  # everything is younger than an hour
     assert chunks.rows == len(ids_before) == 11

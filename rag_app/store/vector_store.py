@@ -15,9 +15,11 @@ never both insert the same chunk ids; :meth:`VectorStore.duplicate_ids` and :met
 detect and repair tables written before that (or by a writer on another host).
 
 The database is opened by :class:`rag_app.store.connection.Database` (one code path for a local
-directory and an ``s3://``, ``gs://`` or ``az://`` URI); it keeps each table's handle and brings it to
-the latest commit when :meth:`VectorStore.open_table` hands it out (at most ``read_consistency_s``
-behind), so a search sees other processes' commits without reopening its tables.
+directory and an ``s3://``, ``gs://`` or ``az://`` URI); it keeps each table's handle and hands out one
+at the latest commit from :meth:`VectorStore.open_table` (at most ``read_consistency_s`` behind), so a
+search sees other processes' commits without reopening its tables, and all reads of one query see one
+version (a handle once handed out is never moved). Inside :meth:`VectorStore.writer` the writing thread
+gets handles of its own at the latest version instead (:meth:`rag_app.store.connection.Database.writing`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,7 @@ from rag_app.core.hardware import release_freed_memory
 from rag_app.core.settings import SearchMode, Settings
 from rag_app.core.types import Passage, SearchFilters
 from rag_app.store.connection import Database, display_location
-from rag_app.store.doc_index import refresh_doc_table
+from rag_app.store.doc_index import doc_table_name, refresh_doc_table
 from rag_app.store.locks import writer_locks
 from rag_app.store.schema import (
     FTS_COLUMN,
@@ -94,9 +96,16 @@ class VectorStore:
     def __repr__(self) -> str:
         return f"VectorStore({display_location(self.db.location)!r})"
 
-    def writer(self, site: str, collection: str) -> AbstractContextManager[None]:
-        """Exclusive write access to one collection: hold it around any read-compare-write."""
-        return self.locks.hold(site, collection)
+    @contextmanager
+    def writer(self, site: str, collection: str) -> Iterator[None]:
+        """Exclusive write access to one collection: hold it around any read-compare-write.
+
+        Inside it, this thread's :meth:`open_table` (and the document table's hand-out) gives handles
+        of the writer's own, at the latest version whatever ``read_consistency_s``: the diff is
+        against the latest commit, and the writer's commits never move a handle a reader holds."""
+        name = table_name(site, collection)
+        with self.locks.hold(site, collection), self.db.writing([name, doc_table_name(name)]):
+            yield
 
     # ------------------------------------------------------------------------------ tables
     def check_site(self, site: str, collection: str | None = None) -> list[str]:
@@ -115,7 +124,8 @@ class VectorStore:
         return self.db.table_names()
 
     def open_table(self, site: str, collection: str) -> Any | None:
-        """The collection's table (a cached handle that follows new commits), or None if it has none."""
+        """The collection's table (a shared handle at the latest version, within ``read_consistency_s``;
+        inside :meth:`writer`, the writer's own), or None if it has none. Hold it for one operation."""
         return self.db.get(table_name(site, collection))
 
     def create_or_open(self, site: str, collection: str, model_id: str, dimension: int) -> Any:
