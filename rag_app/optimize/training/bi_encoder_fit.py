@@ -24,7 +24,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,11 @@ from rag_app.optimize.training.fit_common import (
     autocast,
     linear_schedule,
     resolve_device,
-    run_key,
     run_main,
     seed_all,
     total_steps,
 )
-from rag_app.optimize.training.fit_loop import FitSpec, Progress, run_fit
+from rag_app.optimize.training.fit_loop import Progress, config_json, fit_spec, run_fit
 from rag_app.optimize.training.pairs import PairRow, by_query, file_sha256, read_pairs
 
 __all__ = ["BiEncoderFitConfig", "fit_bi_encoder", "main", "triplets"]
@@ -182,18 +181,12 @@ def fit_bi_encoder(config: BiEncoderFitConfig, progress: Progress | None = None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     steps = total_steps(len(examples), config.batch_size, config.epochs, config.max_steps)
     scheduler = linear_schedule(optimizer, steps, config.warmup_ratio)
-    knobs = asdict(config) | {"pairs": pairs_hash, "base": str(base.resolve()), "kind": "bi-encoder"}
-    for volatile in ("out", "device", "max_minutes", "eval_every"):
-        knobs.pop(volatile)
-    spec = FitSpec(
-        out=Path(config.out),
-        key=run_key(knobs),
+    spec = fit_spec(
+        config,
+        kind="bi-encoder",
+        pairs_hash=pairs_hash,
         n_rows=len(examples),
-        batch_size=config.batch_size,
         total_steps=steps,
-        seed=config.seed,
-        eval_every=config.eval_every,
-        max_minutes=config.max_minutes,
         device=device,
     )
     outcome = run_fit(
@@ -214,7 +207,7 @@ def fit_bi_encoder(config: BiEncoderFitConfig, progress: Progress | None = None)
         "train_examples": len(examples),
         "dev_queries": len(dev),
         "dev_corpus": len(corpus_texts),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": config_json(config),
     }
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,11 @@ from rag_app.optimize.training.fit_common import (
     linear_schedule,
     plain_heads,
     resolve_device,
-    run_key,
     run_main,
     seed_all,
     total_steps,
 )
-from rag_app.optimize.training.fit_loop import FitOutcome, FitSpec, Progress, run_fit
+from rag_app.optimize.training.fit_loop import FitOutcome, Progress, config_json, fit_spec, run_fit
 from rag_app.optimize.training.pairs import PairRow, by_query, file_sha256, read_pairs
 
 __all__ = ["CrossEncoderFitConfig", "dev_lists", "fit_cross_encoder", "load_cross_encoder", "main"]
@@ -139,9 +138,6 @@ def fit_cross_encoder(config: CrossEncoderFitConfig, progress: Progress | None =
     model.to(device)
     wrapped = keep_head_fp32(model)
     steps = total_steps(len(train), config.batch_size, config.epochs, config.max_steps)
-    knobs = asdict(config) | {"pairs": pairs_hash, "base": str(Path(config.base).resolve())}
-    for volatile in ("out", "device", "max_minutes", "eval_every"):
-        knobs.pop(volatile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     scheduler = linear_schedule(optimizer, steps, config.warmup_ratio)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -177,15 +173,12 @@ def fit_cross_encoder(config: CrossEncoderFitConfig, progress: Progress | None =
         tokenizer.save_pretrained(folder)
 
     before = order_metrics(lists, [[-float(i) for i in range(len(rows_))] for rows_ in lists])
-    spec = FitSpec(
-        out=Path(config.out),
-        key=run_key(knobs | {"kind": "cross-encoder"}),
+    spec = fit_spec(
+        config,
+        kind="cross-encoder",
+        pairs_hash=pairs_hash,
         n_rows=len(train),
-        batch_size=config.batch_size,
         total_steps=steps,
-        seed=config.seed,
-        eval_every=config.eval_every,
-        max_minutes=config.max_minutes,
         device=device,
     )
     outcome: FitOutcome = run_fit(
@@ -206,7 +199,7 @@ def fit_cross_encoder(config: CrossEncoderFitConfig, progress: Progress | None =
         "pairs_sha256": pairs_hash,
         "train_rows": len(train),
         "dev_queries": len(lists),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": config_json(config),
     }
 
 

@@ -26,14 +26,16 @@ import torch
 from rag_app.optimize.training.dev_metrics import better
 from rag_app.optimize.training.fit_common import (
     Budget,
+    FitConfig,
     epoch_order,
     load_checkpoint,
     restore_trainer_state,
+    run_key,
     save_checkpoint,
     write_json,
 )
 
-__all__ = ["FitOutcome", "FitSpec", "run_fit"]
+__all__ = ["FitOutcome", "FitSpec", "config_json", "fit_spec", "run_fit"]
 
 BEST = "best"
 Progress = Callable[[int, int, float], None]
@@ -52,6 +54,37 @@ class FitSpec:
     eval_every: int
     max_minutes: float | None
     device: str
+
+
+#: Config fields that change where or how long a run goes, not what it learns: left out of its key, so a
+#: resumed run may move machines or get more minutes.
+VOLATILE_FIELDS = ("out", "device", "max_minutes", "eval_every")
+
+
+def fit_spec(
+    config: FitConfig, *, kind: str, pairs_hash: str, n_rows: int, total_steps: int, device: str
+) -> FitSpec:
+    """The run's shape, keyed by every knob that changes what it learns (``kind``, the pairs file's hash,
+    the resolved base model and the config's other fields), so a resume never continues another run."""
+    knobs = asdict(config) | {"pairs": pairs_hash, "base": str(Path(config.base).resolve()), "kind": kind}
+    for volatile in VOLATILE_FIELDS:
+        knobs.pop(volatile)
+    return FitSpec(
+        out=Path(config.out),
+        key=run_key(knobs),
+        n_rows=n_rows,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
+        seed=config.seed,
+        eval_every=config.eval_every,
+        max_minutes=config.max_minutes,
+        device=device,
+    )
+
+
+def config_json(config: FitConfig) -> dict[str, Any]:
+    """The config as JSON-ready values (paths as strings), for a fit's result and its card."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
 
 
 @dataclass
