@@ -126,3 +126,29 @@ def test_doctor_says_where_the_ollama_host_came_from(tmp_path: Path, monkeypatch
     result = CliRunner().invoke(app, ["doctor", "--json", "--data-dir", str(tmp_path / "data")])
     checks = {c["component"]: c for c in json.loads(result.stdout)}
     assert checks["ollama server"]["detail"].startswith(f"{host} (from RAG_OLLAMA_HOST) did not answer")
+
+
+def test_scale_out_settings_refuse_unsafe_combinations() -> None:
+    """A retention below the replicas' consistency interval would delete versions they still read; a
+    remote retry budget past the request deadline would turn the reranker's fallback into a 504."""
+    with pytest.raises(
+        ValidationError, match=r"maintain_retention_s \(1.0\) must not be below read_consistency_s"
+    ):
+        Settings(read_consistency_s=5, maintain_retention_s=1)
+    assert Settings(read_consistency_s=5, maintain_retention_s=5).maintain_retention_s == 5
+    with pytest.raises(
+        ValidationError, match=r"remote_timeout_s \(5.0\) x 3 attempts .* RAG_REMOTE_TIMEOUT_S"
+    ):
+        Settings(reranker_backend="remote", reranker_url="http://127.0.0.1:1", request_deadline_s=10)
+    # the budget only binds when a model is remote; local setups keep short deadlines
+    assert Settings(request_deadline_s=1).request_deadline_s == 1
+
+
+def test_foreign_otel_variables_sit_below_rag_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "rag-blue")
+    assert Settings().otel_exporter_otlp_endpoint == "http://collector:4318"
+    assert Settings().otel_service_name == "rag-blue"
+    monkeypatch.setenv("RAG_OTEL_EXPORTER_OTLP_ENDPOINT", "http://mine:4318")
+    assert Settings().otel_exporter_otlp_endpoint == "http://mine:4318"
+    assert "secret" not in repr(Settings(storage_options={"aws_secret_access_key": "secret"}))
